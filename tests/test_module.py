@@ -1,0 +1,74 @@
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_mem.data import ImageClassificationData
+from lightning_mem.losses import LOSSES
+from lightning_mem.module import MemorizationModule
+from lightning_mem.nets import ScaledMLP
+
+
+def _fit(tmp_path, label_noise: float = 0.0, loss: str = "cross_entropy", epochs: int = 2):
+    L.seed_everything(0)
+    data = ImageClassificationData(dataset="digits", batch_size=128, label_noise=label_noise)
+    net = ScaledMLP(input_shape=data.input_shape, num_classes=data.num_classes, width=64)
+    module = MemorizationModule(net, loss=loss, lr=0.05)  # type: ignore[arg-type]
+    logger = CSVLogger(tmp_path, name="t", version="v")
+    trainer = L.Trainer(
+        max_epochs=epochs, logger=logger, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=data)
+    return trainer, module, data
+
+
+def test_fit_logs_documented_keys(tmp_path) -> None:
+    trainer, module, data = _fit(tmp_path)
+    metrics = trainer.callback_metrics
+    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(metrics)
+    assert "train/acc_clean" not in metrics
+    # val/acc equals the accuracy recomputed from the final weights on the held-out split.
+    with torch.no_grad():
+        pred = module.net(data.val_x).argmax(1)
+    assert metrics["val/acc"].item() == pytest.approx((pred == data.val_y).float().mean().item(), abs=1e-6)
+    header = (tmp_path / "t" / "v" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "step", "train/loss", "train/acc", "val/loss", "val/acc"} == set(header)
+
+
+def test_label_noise_logs_clean_and_noisy_accuracy(tmp_path) -> None:
+    trainer, _, data = _fit(tmp_path, label_noise=0.5)
+    metrics = trainer.callback_metrics
+    assert {"train/acc_clean", "train/acc_noisy"} <= set(metrics)
+    frac = data.train_noisy.float().mean().item()
+    # train/acc is the mask-weighted mix of the two (all on the last epoch's batches).
+    mix = (1 - frac) * metrics["train/acc_clean"] + frac * metrics["train/acc_noisy"]
+    assert metrics["train/acc"].item() == pytest.approx(mix.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_each_loss_trains(tmp_path, loss: str) -> None:
+    trainer, _, _ = _fit(tmp_path, loss=loss, epochs=5)
+    assert trainer.callback_metrics["val/acc"].item() > 0.3  # 10 classes: chance is 0.1
+
+
+def test_sgd_is_plain_by_default() -> None:
+    module = MemorizationModule(ScaledMLP(input_shape=(1, 8, 8), width=8))
+    opt = module.configure_optimizers()
+    assert isinstance(opt, torch.optim.SGD)
+    group = opt.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.01, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"loss": "mse"}, "loss='mse' is not supported; allowed: cross_entropy, hinge, squared"),
+        ({"lr": -0.1}, "lr=-0.1 must be a positive finite number"),
+        ({"loss_scale": 0.0}, "loss_scale=0.0 must be a positive"),
+        ({"momentum": -1.0}, "momentum=-1.0 must be a finite number >= 0"),
+    ],
+)
+def test_module_bad_input(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MemorizationModule(ScaledMLP(input_shape=(1, 8, 8), width=8), **kwargs)
