@@ -9,6 +9,7 @@ the start time, the process id and a random suffix unless given.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import secrets
@@ -29,6 +30,8 @@ from lightning_mem.module import MemorizationModule
 log = logging.getLogger(__name__)
 
 RUN_ID_ENV = "LIGHTNING_MEM_RUN_ID"
+# Subcommands that are not Lightning's: name -> module with ``main(argv)``.
+TOOLS = {"sweep": "lightning_mem.sweep", "report": "lightning_mem.report", "theorem1": "lightning_mem.theory"}
 LOGGER_CLASSES = {
     "CSVLogger": "lightning.pytorch.loggers.CSVLogger",
     "WandbLogger": "lightning.pytorch.loggers.WandbLogger",
@@ -75,11 +78,13 @@ class MemCLI(LightningCLI):
         parser.add_argument("--run.root", type=str, default="runs", help="Root folder of all runs.")
         parser.add_argument(
             "--run.name", type=str | None, default=None,
-            help="Experiment name: a folder under run.root and the W&B group (default: the config's file name).",
+            help="Experiment name: a folder under run.root and the W&B group "
+            "(default: the last config's file name).",
         )
         parser.add_argument(
             "--run.id", type=str | None, default=None,
-            help="Run folder name under run.root/run.name (default: a new unique id; found from --ckpt_path on resume).",
+            help="Run folder under run.root/run.name (default: a new unique id; "
+            "taken from --ckpt_path on resume).",
         )
         # Shared by data and model: stated once, by the dataset's row in the table.
         parser.link_arguments("data.dataset", "model.net.init_args.num_classes", compute_fn=_num_classes)
@@ -105,8 +110,8 @@ class MemCLI(LightningCLI):
                 )
                 if not candidates:
                     raise ValueError(
-                        f"--ckpt_path last: no last.ckpt under {Path(run.root, run.name).resolve()}/*/checkpoints; "
-                        "give --run.id of the run to resume or a checkpoint path"
+                        f"--ckpt_path last: no last.ckpt under {Path(run.root, run.name).resolve()}"
+                        "/*/checkpoints; give --run.id of the run to resume or a checkpoint path"
                     )
                 run.id = candidates[-1].parent.parent.name
             elif Path(ckpt).parent.name == "checkpoints":
@@ -208,9 +213,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MemCLI:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lightning-mem`` and ``python -m lightning_mem``."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] in ("sweep", "report"):
-        import importlib
-
-        importlib.import_module(f"lightning_mem.{argv[0]}").main(argv[1:])
+    if argv and argv[0] in TOOLS:
+        importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
         return
     build_cli(args)

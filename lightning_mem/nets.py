@@ -152,7 +152,7 @@ class ConvNet(nn.Module):
     def reset_parameters(self) -> None:
         for layer in (self.conv1, self.conv2, self.fc, self.out):
             nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            nn.init.zeros_(layer.bias)  # type: ignore[arg-type]  # every layer here has a bias
         if self.init_std is not None:
             nn.init.normal_(self.conv1.weight, mean=0.0, std=self.init_std)
 

@@ -32,7 +32,8 @@ def test_squared_by_hand() -> None:
     # row 0: ((2-1)^2 + 1 + 1)/3 = 1; row 1: (0.25 + 0.25 + 9)/3
     assert squared_error(LOGITS, LABELS).tolist() == pytest.approx([1.0, 9.5 / 3])
     # target scale 2: row 0: (0 + 1 + 1)/3
-    assert squared_error(LOGITS, LABELS, target_scale=2.0).tolist() == pytest.approx([2 / 3, (0.25 + 2.25 + 9) / 3])
+    want = [2 / 3, (0.25 + 2.25 + 9) / 3]
+    assert squared_error(LOGITS, LABELS, target_scale=2.0).tolist() == pytest.approx(want)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
