@@ -28,6 +28,9 @@ class MemorizationModule(L.LightningModule):
         loss: Per-example loss: cross_entropy, hinge (multi-class hinge) or squared.
         loss_scale: The loss-side knob of Section 4: the softmax temperature T for cross_entropy,
             the margin Δ for hinge, the target scale s for squared. 1 is the standard loss.
+        loss_scale_with_init: Multiply ``loss_scale`` by the net's ``init_std`` σ (the paper's
+            remedy for 1-homogeneous nets: scaling W1 by c scales the logits by c, so the loss
+            knob follows σ). Lets one sweep over σ alone; needs a net with a numeric ``init_std``.
         lr: SGD learning rate (0.01 in the paper).
         momentum: SGD momentum (0 in the paper).
         weight_decay: SGD weight decay (0 in the paper).
@@ -38,6 +41,7 @@ class MemorizationModule(L.LightningModule):
         net: nn.Module,
         loss: LossName = "cross_entropy",
         loss_scale: float = 1.0,
+        loss_scale_with_init: bool = False,
         lr: float = 0.01,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
@@ -54,6 +58,14 @@ class MemorizationModule(L.LightningModule):
         self.net = net
         self._loss = LOSSES[loss]
         self.loss_scale = loss_scale
+        if loss_scale_with_init:
+            init_std = getattr(net, "init_std", None)
+            if not isinstance(init_std, (int, float)):
+                raise ValueError(
+                    f"loss_scale_with_init=True needs a net with a numeric init_std; "
+                    f"{type(net).__name__} has init_std={init_std!r}"
+                )
+            self.loss_scale = loss_scale * float(init_std)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         # Accuracy is the mean of per-example correctness (micro accuracy); MeanMetric keeps the
         # running sums on the device, so logging them does not sync the host every step.

@@ -72,3 +72,13 @@ def test_sgd_is_plain_by_default() -> None:
 def test_module_bad_input(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         MemorizationModule(ScaledMLP(input_shape=(1, 8, 8), width=8), **kwargs)
+
+
+def test_loss_scale_with_init_follows_sigma() -> None:
+    net = ScaledMLP(input_shape=(1, 8, 8), width=8, init_std=4.0)
+    module = MemorizationModule(net, loss="hinge", loss_scale=0.5, loss_scale_with_init=True)
+    assert module.loss_scale == 2.0
+    z, y = torch.randn(3, 10), torch.tensor([0, 4, 9])
+    torch.testing.assert_close(module.loss_fn(z, y), LOSSES["hinge"](z, y, 2.0))
+    with pytest.raises(ValueError, match="needs a net with a numeric init_std; ScaledMLP has init_std=None"):
+        MemorizationModule(ScaledMLP(input_shape=(1, 8, 8), width=8), loss_scale_with_init=True)
