@@ -1,0 +1,162 @@
+"""``lightning-mem report``: every figure and the table, from tiny real runs made here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import statistics
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from matplotlib.image import imread
+
+from lightning_mem.cli import main as cli_main
+from lightning_mem.report import figure_size, flatten, load_runs, main, swept_keys
+
+SIGMAS = ("0.01", "10.0")
+SEEDS = ("0", "1")
+FIGURES = {  # name -> number of panels for these runs (one panel group, σ swept)
+    "curves.png": 1,
+    "acc_vs_sigma.png": 2,
+    "alignment_vs_sigma.png": 3,
+    "alignment_curves.png": 3,
+    "grad_norm_vs_sigma.png": 1,
+    "acc_vs_alignment.png": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    with mock.patch("sys.argv", ["lightning-mem"]):  # pytest's own arguments are not the CLI's
+        _make_runs(root)
+    return root / "tiny"
+
+
+def _make_runs(root: Path) -> None:
+    for sigma in SIGMAS:
+        for seed in SEEDS:
+            cli_main([
+                "fit", "--model.net", "lightning_mem.nets.ScaledMLP", "--model.net.width", "16",
+                "--model.net.init_std", sigma, "--model.lr", "0.1", "--data.dataset", "digits",
+                "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1",
+                "--trainer.callbacks+=lightning_mem.callbacks.AlignmentMonitor",
+                "--trainer.callbacks.every_n_steps", "2",
+                "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
+                "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "0",
+                "--seed_everything", seed, "--run.root", str(root), "--run.name", "tiny",
+                "--run.id", f"s{sigma}-seed{seed}",
+            ])
+
+
+def _column(path: Path, key: str) -> list[float]:
+    with path.open(newline="") as f:
+        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+
+
+def _table(summary: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in summary.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    rows = [dict(zip(header, row, strict=True)) for row in cells]
+    return {r["σ"]: r for r in rows}
+
+
+def test_renders_every_figure_and_the_table(runs_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    main([str(runs_root), "--out", str(out)])
+    for name, panels in FIGURES.items():
+        img = imread(out / name)
+        width, height = figure_size(panels)
+        assert img.shape[:2] == (height, width), name
+        assert img[..., :3].std() > 0.01, f"{name} is blank"
+    table = _table((out / "summary.md").read_text())
+    assert set(table) == {"0.01", "10"}
+    for sigma, label in zip(SIGMAS, ("0.01", "10"), strict=True):
+        dirs = [runs_root / f"s{sigma}-seed{seed}" for seed in SEEDS]
+        row = table[label]
+        assert row["runs"] == "2"
+        expected = {
+            "final train acc": [_column(d / "metrics.csv", "train/acc")[-1] for d in dirs],
+            "best held-out acc": [max(_column(d / "metrics.csv", "val/acc")) for d in dirs],
+            "final held-out acc": [_column(d / "metrics.csv", "val/acc")[-1] for d in dirs],
+            "grad alignment (W1)": [
+                statistics.mean(_column(d / "metrics.csv", "align/grad/hidden.weight")[-5:]) for d in dirs
+            ],
+            "rep alignment (held-out)": [_column(d / "metrics.csv", "val/align/rep/act")[-1] for d in dirs],
+            "‖∇W1‖/‖W1‖ (mean)": [
+                statistics.mean(_column(d / "metrics.csv", "norm/grad_over_weight/hidden.weight"))
+                for d in dirs
+            ],
+        }
+        for column, values in expected.items():
+            assert row[column] == f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}", column
+    # runs.csv keeps the per-run numbers at full precision.
+    with (out / "runs.csv").open() as f:
+        per_run = {Path(r["run_dir"]).name: r for r in csv.DictReader(f)}
+    d = runs_root / "s10.0-seed1"
+    assert float(per_run[d.name]["val_acc_best"]) == max(_column(d / "metrics.csv", "val/acc"))
+
+
+def test_swept_keys_come_from_the_configs(runs_root: Path) -> None:
+    runs = load_runs([runs_root])
+    assert len(runs) == 4
+    assert swept_keys(runs) == ["model.net.init_args.init_std", "seed_everything"]
+    assert flatten({"a": {"b": 1, "c": [1]}}) == {"a.b": 1, "a.c": ("1",)}
+
+
+def test_manifest_input_and_group_by(runs_root: Path, tmp_path: Path) -> None:
+    # A manifest as `lightning-mem sweep local` writes it; one failed run is left out.
+    entries = {
+        p.name: {"status": "finished", "params": {"model.net.init_std": float(p.name[1:].split("-")[0])},
+                 "run_dir": str(p)}
+        for p in sorted(runs_root.iterdir())
+    }
+    entries["broken"] = {"status": "failed", "params": {}, "run_dir": str(tmp_path / "nowhere")}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"sweep": "tiny", "runs": entries}))
+    out = tmp_path / "m"
+    main([str(manifest), "--out", str(out), "--group-by", "model.net.init_std"])
+    table = _table((out / "summary.md").read_text())
+    assert {k: v["runs"] for k, v in table.items()} == {"0.01": "2", "10": "2"}
+    # Grouping by the seed instead pools the two σ of each seed.
+    main([str(manifest), "--out", str(tmp_path / "s"), "--group-by", "seed_everything"])
+    assert "| seed | runs |" in (tmp_path / "s" / "summary.md").read_text()
+    assert not (tmp_path / "s" / "acc_vs_sigma.png").exists()  # σ is not a group key there
+
+
+def test_skips_figures_without_their_metrics(runs_root: Path, tmp_path: Path, caplog) -> None:
+    # Copies of the runs with the alignment columns removed (a run without the AlignmentMonitor).
+    for src in runs_root.iterdir():
+        dst = tmp_path / "plain" / src.name
+        dst.mkdir(parents=True)
+        shutil.copy(src / "config.yaml", dst / "config.yaml")
+        with (src / "metrics.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        keep = [k for k in rows[0] if not k.startswith(("align/", "val/align/", "norm/"))]
+        with (dst / "metrics.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, keep, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(r for r in rows if any(r[k] for k in keep if k not in ("step", "epoch")))
+    # One run stopped by the divergence guard: counted, but without final numbers.
+    (tmp_path / "plain" / "s10.0-seed1" / "status.json").write_text('{"status": "diverged"}')
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="lightning_mem.report"):
+        main([str(tmp_path / "plain"), "--out", str(out)])
+    assert sorted(p.name for p in out.glob("*.png")) == ["acc_vs_sigma.png", "curves.png"]
+    assert "skipping alignment_curves.png" in caplog.text
+    assert "skipping grad_norm_vs_sigma.png" in caplog.text
+    table = _table((out / "summary.md").read_text())
+    assert table["10"]["runs"] == "2 (1 diverged)" and table["0.01"]["runs"] == "2"
+    assert table["0.01"]["grad alignment (W1)"] == "–"  # absent numbers are a dash, not NaN
+    # The diverged run adds nothing: the σ=10 row holds the other seed's numbers, std 0.
+    kept = _column(tmp_path / "plain" / "s10.0-seed0" / "metrics.csv", "train/acc")[-1]
+    assert table["10"]["final train acc"] == f"{kept:.4f} ± 0.0000"
+
+
+def test_bad_input_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
