@@ -75,24 +75,31 @@ def main() -> None:
     per_sample = DataLoader(TensorDataset(*tensors), batch_size=args.batch_size, shuffle=True)
     rows = [
         ("TensorBatchLoader (lightning_mem)", epoch_rates(lambda: ours, args.epochs)),
-        ("torch index_select per batch", epoch_rates(lambda: torch_index_select(tensors, args.batch_size),
-                                                     args.epochs)),
+        (
+            "torch index_select per batch",
+            epoch_rates(lambda: torch_index_select(tensors, args.batch_size), args.epochs),
+        ),
         ("torch DataLoader(TensorDataset)", epoch_rates(lambda: per_sample, 1)),
     ]
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"CIFAR-shaped data: {args.n} images (3, 32, 32), batch {args.batch_size}; torch threads "
-          f"{torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {load}; "
-          f"preprocessing (per_image) {prep_s:.2f} s")
+    print(
+        f"CIFAR-shaped data: {args.n} images (3, 32, 32), batch {args.batch_size}; torch threads "
+        f"{torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {load}; "
+        f"preprocessing (per_image) {prep_s:.2f} s"
+    )
     print("| loader                            | epochs | best images/s | median images/s | images/CPU-s |")
     print("|-----------------------------------|--------|---------------|-----------------|--------------|")
     for name, rates in rows:
         wall = [r[0] for r in rates]
         cpu = statistics.median(r[1] for r in rates)
-        print(f"| {name:33s} | {len(rates):6d} | {max(wall):13,.0f} | {statistics.median(wall):15,.0f} "
-              f"| {cpu:12,.0f} |")
+        print(
+            f"| {name:33s} | {len(rates):6d} | {max(wall):13,.0f} | {statistics.median(wall):15,.0f} "
+            f"| {cpu:12,.0f} |"
+        )
     best = max(r[0] for r in rows[0][1])
     print(f"target >= 400,000 images/s (best epoch, wall clock): {'met' if best >= 400_000 else 'NOT met'}")
+
 
 if __name__ == "__main__":
     main()
