@@ -26,7 +26,6 @@ from lightning_mem import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "sweeps").rglob("*.yaml"))
-WANDB_YAML = REPO / "configs" / "logger" / "wandb.yaml"
 # `lightning-mem sweep` without importing torch (the CLI module does): the runner's own start-up cost.
 SWEEP_MAIN = [sys.executable, "-c", "import sys; from lightning_mem.sweep import main; main(sys.argv[1:])"]
 
@@ -401,13 +400,6 @@ def test_agents_forward_sigint(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- tier 3: every sweep file
 
 
-def _wandb_yaml_broken() -> bool:
-    """configs/logger/wandb.yaml lists CSVLogger without its required save_dir (see the issue 4 report)."""
-    loggers = yaml.safe_load(WANDB_YAML.read_text())["trainer"]["logger"]
-    return any(lg["class_path"].endswith("CSVLogger") and "save_dir" not in (lg.get("init_args") or {})
-               for lg in loggers)
-
-
 def _lookup(config: dict[str, Any], dotted: str) -> Any:
     """The value of a dotted CLI key in a printed config, through ``init_args`` of subclass entries."""
     node: Any = config
@@ -450,17 +442,10 @@ def test_every_sweep_file_expands_to_commands_the_cli_accepts(
     spec = yaml.safe_load(path.read_text())
     grid = sweep.expand_grid(spec["parameters"])
     assert grid
-    fixed_logger = tmp_path / "wandb.yaml"
-    if _wandb_yaml_broken():  # TEMPORARY workaround until configs/logger/wandb.yaml is patched
-        fixed_logger.write_text(WANDB_YAML.read_text().replace(
-            "CSVLogger  # CSV stays on for local reports",
-            "CSVLogger  # CSV stays on for local reports\n      init_args: {save_dir: runs}"))
     for params in {0: grid[0], len(grid) - 1: grid[-1]}.values():  # first and last combination
         cmd = sweep.build_command(spec["command"], params, tmp_path / "args.json")
         (tmp_path / "args.json").write_text(sweep.command_args(params)["args_json"][0])
         argv = cmd[cmd.index("fit") + 1 :]
-        if fixed_logger.exists():
-            argv = [str(fixed_logger) if a == "configs/logger/wandb.yaml" else a for a in argv]
         built = cli.build_cli([*argv, "--run.root", str(tmp_path / "runs")], run=False)
         config = built.config.as_dict()
         for key, value in params.items():

@@ -23,13 +23,6 @@ WANDB_YAML = REPO / "configs" / "logger" / "wandb.yaml"
 SIGMAS = (0.01, 1.0)  # one per run, to tell their configs apart
 
 
-def wandb_yaml_broken() -> bool:
-    """configs/logger/wandb.yaml lists CSVLogger without its required save_dir (see the issue 4 report)."""
-    loggers = yaml.safe_load(WANDB_YAML.read_text())["trainer"]["logger"]
-    return any(lg["class_path"].endswith("CSVLogger") and "save_dir" not in (lg.get("init_args") or {})
-               for lg in loggers)
-
-
 def read_wandb_records(path: Path) -> list[Any]:
     """Every protobuf Record of an offline ``run-<id>.wandb`` file.
 
@@ -75,11 +68,6 @@ def wandb_config(records: list[Any]) -> dict[str, Any]:
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[subprocess.CompletedProcess[str]]]:
     work = tmp_path_factory.mktemp("wandb_runs")
     logger_yaml = WANDB_YAML
-    if wandb_yaml_broken():  # TEMPORARY workaround until configs/logger/wandb.yaml is patched
-        logger_yaml = work / "wandb.yaml"
-        logger_yaml.write_text(WANDB_YAML.read_text().replace(
-            "CSVLogger  # CSV stays on for local reports",
-            "CSVLogger  # CSV stays on for local reports\n      init_args: {save_dir: runs}"))
     base_env = {k: v for k, v in os.environ.items()
                 if not k.startswith("WANDB_") and k != "LIGHTNING_MEM_RUN_ID"}
     base_env |= {"WANDB_DIR": str(work / "wandb_dir"), "WANDB_CACHE_DIR": str(work / "cache"),
@@ -151,8 +139,6 @@ def test_offline_wandb_run_in_the_run_folder_has_the_nested_config(two_runs: tup
         assert config["trainer"]["max_epochs"] == 1
 
 
-@pytest.mark.xfail(wandb_yaml_broken(), strict=True,
-                   reason="configs/logger/wandb.yaml: CSVLogger needs init_args.save_dir (issue 4 report)")
 def test_wandb_logger_config_parses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from lightning_mem import cli
 
