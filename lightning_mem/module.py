@@ -16,6 +16,13 @@ from lightning_mem.nets import check_choice
 LossName = Literal["cross_entropy", "hinge", "squared"]
 
 
+def _mean() -> MeanMetric:
+    # nan_strategy="disable": the default ("warn") tests every update for NaN with `if nans.any()`,
+    # a host sync per update, and drops NaN values from the mean, which would hide a diverging loss;
+    # DivergenceGuard stops the run on a non-finite loss instead.
+    return MeanMetric(nan_strategy="disable")
+
+
 class MemorizationModule(L.LightningModule):
     """Trains ``net`` with plain SGD on a per-example loss and logs the paper's metrics.
 
@@ -69,10 +76,10 @@ class MemorizationModule(L.LightningModule):
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         # Accuracy is the mean of per-example correctness (micro accuracy); MeanMetric keeps the
         # running sums on the device, so logging them does not sync the host every step.
-        self.train_loss, self.train_acc = MeanMetric(), MeanMetric()
-        self.train_acc_clean, self.train_acc_noisy = MeanMetric(), MeanMetric()
-        self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
-        self.test_loss, self.test_acc = MeanMetric(), MeanMetric()
+        self.train_loss, self.train_acc = _mean(), _mean()
+        self.train_acc_clean, self.train_acc_noisy = _mean(), _mean()
+        self.val_loss, self.val_acc = _mean(), _mean()
+        self.test_loss, self.test_acc = _mean(), _mean()
         self._label_noise = False
 
     def loss_fn(self, logits: Tensor, labels: Tensor) -> Tensor:
