@@ -3,33 +3,48 @@
 Only this module reads the command line and the environment. Every run writes into its own
 directory ``<run.root>/<run.name>/<run.id>/``: ``metrics.csv`` and ``hparams.yaml`` (CSV logger),
 ``config.yaml`` (the full nested config), ``checkpoints/`` (every epoch and ``last.ckpt``) and
-``wandb/`` when the W&B logger is configured. Two runs never share a directory: the id is made of
-the start time, the process id and a random suffix unless given.
+``wandb/`` when the W&B logger is configured, and ``status.json`` (how the fit ended, see
+:class:`lightning_mem.guard.RunStatus`). Two runs never share a directory: the id is made of the
+start time, the process id and a random suffix unless given, and a folder that already holds a run
+is only reused to resume it (``fit --ckpt_path last`` or a path under its ``checkpoints/``).
+
+Exit codes: 0 finished; 1 unexpected error; 2 bad config or input (before training);
+3 diverged (:data:`EXIT_DIVERGED`; last good checkpoint kept); 143 stopped by SIGTERM
+(:data:`EXIT_SIGTERM`; resume with ``--ckpt_path last``).
 """
 
 from __future__ import annotations
 
+import csv
 import importlib
 import logging
 import os
 import secrets
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lightning_mem.data import DATASETS, ImageClassificationData
+from lightning_mem.guard import DivergedError, DivergenceGuard, RunStatus
 from lightning_mem.module import MemorizationModule
 
 log = logging.getLogger(__name__)
 
 RUN_ID_ENV = "LIGHTNING_MEM_RUN_ID"
+EXIT_DIVERGED = 3  # a non-finite loss or weight stopped the fit; status.json says "diverged"
+EXIT_SIGTERM = 143  # 128 + SIGTERM, as a shell reports it; status.json says "interrupted"
+METRICS_FILE = "metrics.csv"
 # Subcommands that are not Lightning's: name -> module with ``main(argv)``.
 TOOLS = {"sweep": "lightning_mem.sweep", "report": "lightning_mem.report", "theorem1": "lightning_mem.theory"}
 LOGGER_CLASSES = {
@@ -50,6 +65,11 @@ def _num_classes(dataset: str) -> int:
 
 def _input_shape(dataset: str) -> tuple[int, ...]:
     return tuple(DATASETS[dataset].input_shape) if dataset in DATASETS else (3, 32, 32)
+
+
+def _global_rank() -> int:
+    """This process's global rank as Lightning reads it from the environment (0 without DDP)."""
+    return int(getattr(rank_zero_only, "rank", 0))
 
 
 def _data_seed(seed: Any) -> int:
@@ -93,7 +113,12 @@ class MemCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        run_dir = self._resolve_run_dir(config)
+        try:
+            run_dir = self._resolve_run_dir(config)
+            if self.subcommand is not None:  # run=False (notebooks) writes nothing
+                self._check_run_dir(config, run_dir)
+        except ValueError as err:
+            self._parser(self.subcommand).error(str(err))
         self._configure_loggers(config, run_dir)
         self.run_dir = run_dir
 
@@ -121,7 +146,43 @@ class MemCLI(LightningCLI):
             # DDP re-launches this command once per rank: the first process chooses the id.
             run.id = os.environ.get("WANDB_RUN_ID") or os.environ.get(RUN_ID_ENV) or new_run_id()
         os.environ[RUN_ID_ENV] = run.id
-        return Path(run.root, run.name, run.id)
+        run_dir = Path(run.root, run.name, run.id)
+        self.resume_ckpt: Path | None = None  # the checkpoint a fit resumes into run_dir from
+        if self.subcommand == "fit" and ckpt:
+            last = run_dir / "checkpoints" / "last.ckpt"
+            path = last if ckpt == "last" else Path(ckpt)
+            if not path.is_file():
+                what = f"no {last}" if ckpt == "last" else "no such checkpoint file"
+                raise ValueError(f"ckpt_path={ckpt!r}: {what}; give an existing .ckpt, or 'last' for a run "
+                                 "that finished at least one epoch")
+            if path.resolve().parent == (run_dir / "checkpoints").resolve():
+                self.resume_ckpt = path
+        return run_dir
+
+    def _check_run_dir(self, config: Namespace, run_dir: Path) -> None:
+        """Fail before training if the run folder cannot be written or already holds another run."""
+        run = config.run
+        ancestor = run_dir
+        while not ancestor.exists() and ancestor != ancestor.parent:  # file/x does not exist: walk up
+            ancestor = ancestor.parent
+        where = f"the run folder {run_dir} (run.root={run.root!r}, run.name={run.name!r}, run.id={run.id!r})"
+        if not ancestor.is_dir():
+            raise ValueError(f"{where} cannot be created: {ancestor} is a file, not a directory; "
+                             "set --run.root to a writable directory")
+        try:
+            with tempfile.TemporaryFile(dir=ancestor):
+                pass
+        except OSError as err:
+            raise ValueError(f"{where} cannot be written: {ancestor}: {err.strerror or err}; "
+                             "set --run.root to a writable directory") from err
+        taken = [p.name for p in (run_dir / METRICS_FILE, run_dir / "checkpoints") if p.exists()]
+        # A DDP rank > 0 re-runs this command to join the run that rank 0 started: no check there.
+        if taken and self.resume_ckpt is None and _global_rank() == 0:
+            raise ValueError(
+                f"run.id={run.id!r}: {run_dir} already holds a run ({', '.join(taken)}); resume it with "
+                "`fit --ckpt_path last` (or a checkpoint path under its checkpoints/), or leave --run.id "
+                "unset for a new run"
+            )
 
     def _configure_loggers(self, config: Namespace, run_dir: Path) -> None:
         """CSV logging always; every configured logger writes into ``run_dir``."""
@@ -159,8 +220,8 @@ class MemCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, FileNotFoundError) as err:
-            # Bad values found by the classes' own checks: a message, not a traceback.
+        except (ValueError, FileNotFoundError, MisconfigurationException) as err:
+            # Bad values found by the classes' (and the Trainer's) own checks: a message, not a traceback.
             self._parser(self.subcommand).error(str(err))
 
     def _check_data(self) -> None:
@@ -173,6 +234,34 @@ class MemCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_data()
+        if self.resume_ckpt is not None:
+            self._keep_metrics_on_resume(self.resume_ckpt)
+
+    def _keep_metrics_on_resume(self, ckpt: Path) -> None:
+        """Carry the rows up to the checkpoint's step into the resumed run's ``metrics.csv``.
+
+        Lightning's CSV logger deletes an existing ``metrics.csv`` when it opens its folder. The file
+        is first moved aside (an atomic rename), the logger opened, the rows up to the checkpoint's
+        ``global_step`` written back, and only then the copy removed: a kill at any point leaves the
+        rows in one of the two files, and the next resume takes them from there. Rows logged after
+        the checkpoint are dropped; the resumed run logs those steps again.
+        """
+        loggers = [lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)]
+        current = Path(self.run_dir, METRICS_FILE)
+        kept = current.with_name("metrics.resume.csv")
+        if not loggers or _global_rank() != 0:
+            return
+        if current.is_file():
+            os.replace(current, kept)
+        if not kept.is_file():
+            return
+        step = int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", 0))
+        with kept.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
+        writer = loggers[0].experiment  # opening it would delete a metrics.csv; there is none now
+        writer.metrics = rows + writer.metrics
+        writer.save()
+        kept.unlink()
 
     def before_validate(self) -> None:
         self._check_data()
@@ -184,6 +273,12 @@ class MemCLI(LightningCLI):
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = trainer_config.get("callbacks") or []
+        # A non-finite loss or weight stops the fit before a checkpoint of it is written; every
+        # fit records how it ended in status.json (both can be configured explicitly instead).
+        if not any(isinstance(c, DivergenceGuard) for c in callbacks):
+            extra.append(DivergenceGuard())
+        if not any(isinstance(c, RunStatus) for c in callbacks):
+            extra.append(RunStatus(dirpath=str(self.run_dir)))
         if trainer_config.get("enable_checkpointing") is not False and not any(
             isinstance(c, ModelCheckpoint) for c in callbacks
         ):
@@ -216,4 +311,16 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] in TOOLS:
         importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
         return
-    build_cli(args)
+    own_id = RUN_ID_ENV not in os.environ  # exported for DDP children during this call only
+    try:
+        build_cli(args)
+    except DivergedError as err:
+        log.error("%s", err)  # status.json in the run folder says "diverged"
+        raise SystemExit(EXIT_DIVERGED) from None
+    except SIGTERMException:
+        log.error("Stopped by SIGTERM; resume with `lightning-mem fit ... --ckpt_path last`")
+        raise SystemExit(EXIT_SIGTERM) from None
+    finally:
+        if own_id:  # a second main() in this process (a notebook) starts a new run
+            os.environ.pop(RUN_ID_ENV, None)
+

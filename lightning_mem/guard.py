@@ -1,0 +1,245 @@
+"""Run health: stop cleanly on divergence, and record how every run ended in ``status.json``.
+
+Large init scales blow up (the squared loss at σ ≥ 1 overflows within a few steps). A diverged run
+must stop with a message that names the step and the likely cause, must never overwrite its last
+good checkpoint with NaN weights, and must tell a sweep what happened without parsing logs:
+
+- :class:`DivergenceGuard` watches the training loss and the weights and raises
+  :class:`DivergedError` at the first non-finite value, before any checkpoint of it is written.
+- :class:`RunStatus` writes ``<run dir>/status.json`` when a fit starts, finishes, diverges, is
+  interrupted (SIGTERM, Ctrl-C) or fails, and flushes the loggers at every epoch start, so a run
+  killed with SIGKILL loses no row of a finished epoch.
+
+The CLI registers both by default and turns :class:`DivergedError` into exit code 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import Tensor
+
+STATUS_FILE = "status.json"
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss or weight.
+
+    Attributes:
+        step: The optimizer step (``global_step`` before it) whose loss was first non-finite, or the
+            step at which a non-finite weight was found.
+        epoch: The epoch of that step.
+        reason: What was non-finite, e.g. ``"the training loss is nan"``.
+    """
+
+    def __init__(self, message: str, step: int, epoch: int, reason: str) -> None:
+        super().__init__(message)
+        self.step, self.epoch, self.reason = step, epoch, reason
+
+
+def _hparam(pl_module: L.LightningModule, name: str) -> Any:
+    hparams = getattr(pl_module, "hparams", {})
+    return hparams.get(name) if hasattr(hparams, "get") else None
+
+
+class DivergenceGuard(L.Callback):
+    """Stops a fit at the first non-finite training loss or weight, keeping the last good checkpoint.
+
+    Each step's loss is copied into a small buffer on its device (no host sync). The buffer is read
+    when ``global_step`` is a multiple of ``check_every_n_steps`` and at each epoch's last batch;
+    the weights are checked too (one ``isfinite`` per parameter) at every epoch end, before each
+    validation and before every checkpoint is written. On a non-finite value the guard logs
+    ``diverged = 1`` and ``diverged_step`` to every logger, then raises :class:`DivergedError`
+    naming the first bad step and the likely cause: the scale of the initialization times the
+    learning rate. Because the check runs inside ``on_save_checkpoint``, no checkpoint with NaN
+    weights is ever written; ``last.ckpt`` stays that of the last good epoch. Under DDP the ranks
+    agree on the decision at every read, so they stop together.
+
+    Args:
+        check_every_n_steps: Read the buffered losses every this many steps (≥ 1). The step named in
+            the message is exact whatever the value; a larger value only stops a few steps later and
+            syncs the host less often (one sync per read on GPU).
+        check_weights: Also check every parameter for NaN/inf at epoch ends, validations and
+            checkpoint saves (a NaN weight also makes the next step's loss NaN).
+    """
+
+    def __init__(self, check_every_n_steps: int = 20, check_weights: bool = True) -> None:
+        super().__init__()
+        if isinstance(check_every_n_steps, bool) or not isinstance(check_every_n_steps, int) \
+                or check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps={check_every_n_steps!r} must be an integer >= 1")
+        self.check_every_n_steps = check_every_n_steps
+        self.check_weights = check_weights
+        self._losses: Tensor | None = None  # (check_every_n_steps,) float32 losses since the last read
+        self._steps: list[int] = []  # the step of each buffered loss
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._losses, self._steps = None, []
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, Tensor):
+            if self._losses is None or self._losses.device != loss.device:
+                self._losses = torch.zeros(self.check_every_n_steps, device=loss.device)
+            if len(self._steps) == len(self._losses):  # gradient accumulation: more batches than steps
+                self._check_losses(trainer, pl_module)
+            self._losses[len(self._steps)] = loss.detach().reshape(())  # a device copy, no host sync
+            self._steps.append(trainer.global_step - 1)  # the optimizer already stepped on this loss
+        last_batch = batch_idx + 1 == trainer.num_training_batches
+        if trainer.global_step % self.check_every_n_steps == 0 or last_batch:
+            self._check_losses(trainer, pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self.check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs before the module's own hook, so a NaN epoch's train/loss is never logged.
+        self.check(trainer, pl_module)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Called while the checkpoint is assembled, before the file is written: raising here keeps
+        # the previous last.ckpt.
+        if trainer.state.fn == "fit":
+            self.check(trainer, pl_module)
+
+    def check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Raise :class:`DivergedError` on a non-finite buffered loss or (``check_weights``) weight."""
+        self._check_losses(trainer, pl_module)
+        if self.check_weights:
+            bad = [name for name, p in pl_module.named_parameters() if not bool(torch.isfinite(p).all())]
+            if bad:
+                names = f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}"
+                reason = f"weights are non-finite ({names})"
+                raise self._diverged(trainer, pl_module, trainer.global_step, reason)
+
+    def _check_losses(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        n, steps = len(self._steps), self._steps
+        self._steps = []
+        if n == 0 or self._losses is None:
+            return
+        bad = ~torch.isfinite(self._losses[:n])
+        here = bool(bad.any())  # the host sync: once per read
+        # Under DDP every rank reads at the same steps and all stop together (no rank left waiting).
+        if trainer.strategy.reduce_boolean_decision(here, all=False):
+            if not here:
+                raise self._diverged(trainer, pl_module, trainer.global_step - 1,
+                                     "the training loss of another DDP rank is non-finite")
+            i = int(bad.nonzero()[0, 0])
+            value = float(self._losses[i])
+            raise self._diverged(trainer, pl_module, steps[i], f"the training loss is {value:g}")
+
+    def _diverged(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, reason: str
+    ) -> DivergedError:
+        epoch = trainer.current_epoch
+        for logger in trainer.loggers:
+            logger.log_metrics({"diverged": 1.0, "diverged_step": float(step)}, step=trainer.global_step)
+            logger.save()
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else _hparam(pl_module, "lr")
+        net = getattr(pl_module, "net", pl_module)
+        scale = getattr(net, "init_std", None)
+        loss = _hparam(pl_module, "loss")
+        setting = ", ".join(
+            f"{k}={v}" for k, v in (("init_std", scale), ("lr", lr), ("loss", loss)) if v is not None
+        )
+        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        kept = f" The last good checkpoint is kept: {ckpt}." if ckpt and os.path.isfile(ckpt) else (
+            " No checkpoint was written before it."
+        )
+        message = (
+            f"Training diverged at step {step} (epoch {epoch}): {reason}. Likely cause: the scale of the "
+            f"initialization times the learning rate is too large for this loss ({setting}); lower "
+            f"--model.lr or --model.net.init_std (or scale the loss with --model.loss_scale).{kept}"
+        )
+        return DivergedError(message, step=step, epoch=epoch, reason=reason)
+
+
+def write_status(path: str | Path, status: str, **fields: Any) -> None:
+    """Atomically write ``{"status": status, **fields}`` as JSON to ``path`` (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"status": status, **fields, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_status(path: str | Path) -> dict[str, Any] | None:
+    """The record of :func:`write_status`, or None when the file is missing or unreadable."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+class RunStatus(L.Callback):
+    """Records how a fit ended in ``<dirpath>/status.json``, for sweep runners and dashboards.
+
+    ``{"status": ...}`` is ``running`` (with ``pid`` and ``host``) from the fit's start, then
+    ``finished``, ``diverged`` (with ``step``, ``epoch``, ``reason``), ``interrupted`` (SIGTERM or
+    Ctrl-C; resume with ``--ckpt_path last``) or ``failed`` (with ``reason``). A run killed with
+    SIGKILL stays ``running`` with a dead ``pid``. Each record also has ``global_step``, ``epoch``
+    and ``time``. Written on global rank 0 only, atomically.
+
+    At every training epoch start the loggers are flushed (``logger.save()``), so the rows of every
+    finished epoch are on disk before the next one starts: a run killed at any point loses at most
+    the epoch in progress, which a resume from its epoch-end checkpoint logs again.
+
+    Args:
+        dirpath: Folder of ``status.json``; None uses ``trainer.log_dir``.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        super().__init__()
+        self.dirpath = dirpath
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.dirpath is None else Path(self.dirpath, STATUS_FILE)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.dirpath is None and trainer.log_dir is not None:
+            self.dirpath = trainer.log_dir
+
+    def _write(self, trainer: L.Trainer, status: str, **fields: Any) -> None:
+        if trainer.is_global_zero and self.path is not None:
+            write_status(self.path, status, global_step=trainer.global_step, epoch=trainer.current_epoch,
+                         **fields)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, "running", pid=os.getpid(), host=socket.gethostname())
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, "finished")
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if trainer.state.fn != "fit":
+            return
+        if isinstance(exception, DivergedError):
+            self._write(trainer, "diverged", step=exception.step, reason=exception.reason,
+                        message=str(exception))
+        elif isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            kind = "SIGTERM" if isinstance(exception, SIGTERMException) else "KeyboardInterrupt"
+            self._write(trainer, "interrupted", reason=kind)
+        else:
+            self._write(trainer, "failed", reason=f"{type(exception).__name__}: {exception}")
