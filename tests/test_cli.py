@@ -116,6 +116,21 @@ def test_fit_subprocess_writes_documented_files_and_keys(tmp_path: Path) -> None
     assert ckpt["state_dict"]["net.hidden.weight"].shape == (16, 64)
 
 
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_validate_and_test_reproduce_the_fits_held_out_accuracy(subcommand: str, tmp_path: Path) -> None:
+    """``validate``/``test`` on the fit's last checkpoint evaluate the same weights on the same split."""
+    base = ["--config", str(QUICKSTART), *TINY, "--run.root", str(tmp_path)]
+    main(["fit", *base, "--trainer.max_epochs", "1", "--run.id", "fit"])
+    fit_rows = read_rows(tmp_path / "quickstart" / "fit" / "metrics.csv")
+    fit_acc = float([r["val/acc"] for r in fit_rows if r["val/acc"]][-1])
+    ckpt = tmp_path / "quickstart" / "fit" / "checkpoints" / "last.ckpt"
+    main([subcommand, *base, "--ckpt_path", str(ckpt), "--run.id", subcommand])
+    stage = "val" if subcommand == "validate" else "test"
+    rows = read_rows(tmp_path / "quickstart" / subcommand / "metrics.csv")
+    assert float(rows[-1][f"{stage}/acc"]) == pytest.approx(fit_acc, abs=1e-6)
+    assert float(rows[-1][f"{stage}/loss"]) > 0
+
+
 @pytest.mark.parametrize("command", [[str(EXE), "--help"], [sys.executable, "-m", "lightning_mem", "--help"]],
                          ids=["console_script", "python_m"])
 def test_entry_points_help(command: list[str], tmp_path: Path) -> None:
