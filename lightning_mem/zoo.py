@@ -20,8 +20,8 @@ measure **representation alignment only** (the AlignmentMonitor does so by itsel
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -42,25 +42,29 @@ class _ZooNet(nn.Module):
     """
 
     representation_layer = "features"
+    arch: ClassVar[str]  # the torchvision.models builder, e.g. "resnet18"
 
     def __init__(
-        self,
-        build: Callable[[int], nn.Module],
-        input_shape: Sequence[int],
-        num_classes: int,
-        init_std: float | None,
+        self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, init_std: float | None = None
     ) -> None:
+        import torchvision.models as tvm  # lazy: importing torchvision costs ~1 s
+
         super().__init__()
         check_init_std(init_std)
         self.input_shape = tuple(int(s) for s in input_shape)
         if len(self.input_shape) != 3:
             raise ValueError(f"input_shape={self.input_shape} must be (C, H, W)")
+        # DenseNet's three transitions halve H and W (2×2 avg-pool each): 8×8 inputs end at 1×1.
+        if min(self.input_shape[1:]) < 8:
+            raise ValueError(
+                f"input_shape={self.input_shape} is too small for {type(self).__name__} (needs H, W >= 8)"
+            )
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes} must be >= 2")
         self.num_classes = num_classes
         self.init_std = init_std
         # torchvision model, weights=None: random init. Typed Any: its submodules differ per family.
-        self.backbone: Any = build(num_classes)
+        self.backbone: Any = getattr(tvm, self.arch)(weights=None, num_classes=num_classes)
         self._adapt(self.input_shape[0])
         head = self._take_head()  # the torchvision classifier Linear(D, k)
         self.flatten = nn.Flatten()
@@ -129,12 +133,6 @@ class _DenseNet(_ZooNet):
         return self.backbone(x)  # classifier is Identity: (B, D) after relu + avgpool + flatten
 
 
-def _check_size(input_shape: Sequence[int], min_hw: int, name: str) -> None:
-    h, w = int(input_shape[-2]), int(input_shape[-1])
-    if min(h, w) < min_hw:
-        raise ValueError(f"input_shape={tuple(input_shape)} is too small for {name} (needs H, W >= {min_hw})")
-
-
 class ResNet18(_ResNet):
     """torchvision ResNet-18 with a 3×3 stride-1 stem and no max-pool (small images).
 
@@ -147,15 +145,7 @@ class ResNet18(_ResNet):
         init_std: σ of the first conv's kernel ~ N(0, σ²); None keeps torchvision's init.
     """
 
-    def __init__(
-        self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, init_std: float | None = None
-    ) -> None:
-        import torchvision.models as tvm  # lazy: importing torchvision costs ~1 s
-
-        _check_size(input_shape, 8, "ResNet18")
-        super().__init__(
-            lambda k: tvm.resnet18(weights=None, num_classes=k), input_shape, num_classes, init_std
-        )
+    arch = "resnet18"
 
 
 class ResNet50(_ResNet):
@@ -170,15 +160,7 @@ class ResNet50(_ResNet):
         init_std: σ of the first conv's kernel ~ N(0, σ²); None keeps torchvision's init.
     """
 
-    def __init__(
-        self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, init_std: float | None = None
-    ) -> None:
-        import torchvision.models as tvm
-
-        _check_size(input_shape, 8, "ResNet50")
-        super().__init__(
-            lambda k: tvm.resnet50(weights=None, num_classes=k), input_shape, num_classes, init_std
-        )
+    arch = "resnet50"
 
 
 class DenseNet121(_DenseNet):
@@ -193,16 +175,7 @@ class DenseNet121(_DenseNet):
         init_std: σ of the first conv's kernel ~ N(0, σ²); None keeps torchvision's init.
     """
 
-    def __init__(
-        self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, init_std: float | None = None
-    ) -> None:
-        import torchvision.models as tvm
-
-        # Three transitions halve H and W (2×2 avg-pool each): 8×8 inputs end at 1×1.
-        _check_size(input_shape, 8, "DenseNet121")
-        super().__init__(
-            lambda k: tvm.densenet121(weights=None, num_classes=k), input_shape, num_classes, init_std
-        )
+    arch = "densenet121"
 
 
 ZOO: dict[str, type[_ZooNet]] = {"resnet18": ResNet18, "resnet50": ResNet50, "densenet121": DenseNet121}
