@@ -14,7 +14,9 @@ import pytest
 from matplotlib.image import imread
 
 from lightning_mem.cli import main as cli_main
-from lightning_mem.report import figure_size, flatten, load_runs, main, swept_keys
+from lightning_mem.figures import figure_size
+from lightning_mem.report import main
+from lightning_mem.runlog import flatten, load_runs, swept_keys
 
 SIGMAS = ("0.01", "10.0")
 SEEDS = ("0", "1")
@@ -144,7 +146,7 @@ def test_skips_figures_without_their_metrics(runs_root: Path, tmp_path: Path, ca
     # One run stopped by the divergence guard: counted, but without final numbers.
     (tmp_path / "plain" / "s10.0-seed1" / "status.json").write_text('{"status": "diverged"}')
     out = tmp_path / "out"
-    with caplog.at_level(logging.INFO, logger="lightning_mem.report"):
+    with caplog.at_level(logging.INFO, logger="lightning_mem"):
         main([str(tmp_path / "plain"), "--out", str(out)])
     assert sorted(p.name for p in out.glob("*.png")) == ["acc_vs_sigma.png", "curves.png"]
     assert "skipping alignment_curves.png" in caplog.text
