@@ -17,12 +17,12 @@ from torch import Tensor, nn
 
 from lightning_mem.alignment import (
     MEASURES,
-    GramCapture,
     PerClass,
     class_alignment_from_sums,
     class_measures_from_gram,
     class_sums,
 )
+from lightning_mem.grams import GramCapture
 
 
 def _labels(batch: Any) -> Tensor:

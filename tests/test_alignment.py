@@ -16,13 +16,10 @@ from lightning_mem.alignment import (
     class_alignment_from_sums,
     class_measures_from_gram,
     class_sums,
-    conv2d_per_example_grads,
     gradient_alignment,
-    gram,
-    ieee_fp32,
-    linear_grams,
     representation_alignment,
 )
+from lightning_mem.grams import conv2d_per_example_grads, gram, ieee_fp32, linear_grams
 from lightning_mem.losses import LOSSES
 from lightning_mem.nets import ACTIVATIONS, ConvNet, ScaledMLP
 
