@@ -21,6 +21,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
+from lightning_mem.nets import check_choice
+
 DatasetName = Literal["mnist5k", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"]
 Normalization = Literal["per_image", "dataset", "none"]
 LabelNoiseMode = Literal["uniform", "shuffle"]
@@ -292,11 +294,6 @@ def _gather_rows(flat: Tensor, idx: Tensor) -> Tensor:
     return flat.index_select(0, idx)
 
 
-def _check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(str, allowed))}")
-
-
 class ImageClassificationData(LightningDataModule):
     """Image classification data held in memory, with optional random labels on the train split.
 
@@ -343,9 +340,9 @@ class ImageClassificationData(LightningDataModule):
         preload_to_device: bool = False,
     ) -> None:
         super().__init__()
-        _check_choice("dataset", dataset, list(DATASETS))
-        _check_choice("normalization", normalization, get_args(Normalization))
-        _check_choice("label_noise_mode", label_noise_mode, get_args(LabelNoiseMode))
+        check_choice("dataset", dataset, list(DATASETS))
+        check_choice("normalization", normalization, get_args(Normalization))
+        check_choice("label_noise_mode", label_noise_mode, get_args(LabelNoiseMode))
         if not 0.0 <= label_noise <= 1.0:  # also rejects NaN
             raise ValueError(f"label_noise={label_noise!r} must be a fraction in [0, 1]")
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
