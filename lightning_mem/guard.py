@@ -15,10 +15,8 @@ The CLI registers both by default and turns :class:`DivergedError` into exit cod
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-STATUS_FILE = "status.json"
+from lightning_mem.rundir import write_status
 
 
 class DivergedError(RuntimeError):
@@ -167,25 +165,6 @@ class DivergenceGuard(L.Callback):
         return DivergedError(message, step=step, epoch=epoch, reason=reason)
 
 
-def write_status(path: str | Path, status: str, **fields: Any) -> None:
-    """Atomically write ``{"status": status, **fields}`` as JSON to ``path`` (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"status": status, **fields, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_status(path: str | Path) -> dict[str, Any] | None:
-    """The record of :func:`write_status`, or None when the file is missing or unreadable."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
 class RunStatus(L.Callback):
     """Records how a fit ended in ``<dirpath>/status.json``, for sweep runners and dashboards.
 
@@ -207,18 +186,15 @@ class RunStatus(L.Callback):
         super().__init__()
         self.dirpath = dirpath
 
-    @property
-    def path(self) -> Path | None:
-        return None if self.dirpath is None else Path(self.dirpath, STATUS_FILE)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None and trainer.log_dir is not None:
             self.dirpath = trainer.log_dir
 
     def _write(self, trainer: L.Trainer, status: str, **fields: Any) -> None:
-        if trainer.is_global_zero and self.path is not None:
-            write_status(self.path, status, global_step=trainer.global_step, epoch=trainer.current_epoch,
-                         **fields)
+        if trainer.is_global_zero and self.dirpath is not None:
+            write_status(Path(self.dirpath), status, global_step=trainer.global_step,
+                         epoch=trainer.current_epoch, **fields)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, "running", pid=os.getpid(), host=socket.gethostname())

@@ -27,9 +27,10 @@ from test_data import no_md5  # noqa: F401  (fixture: torchvision's md5 checks o
 
 from lightning_mem.cli import EXIT_DIVERGED, EXIT_SIGTERM, main
 from lightning_mem.data import ImageClassificationData
-from lightning_mem.guard import DivergedError, DivergenceGuard, RunStatus, read_status
+from lightning_mem.guard import DivergedError, DivergenceGuard, RunStatus
 from lightning_mem.module import MemorizationModule
 from lightning_mem.nets import ScaledMLP
+from lightning_mem.rundir import read_status
 
 TESTS = Path(__file__).resolve().parent
 QUICKSTART = TESTS.parent / "configs" / "quickstart.yaml"
@@ -120,7 +121,7 @@ def test_nan_weights_at_epoch_end_never_reach_a_checkpoint(tmp_path: Path) -> No
     assert last["global_step"] == STEPS_PER_EPOCH  # epoch 0's: epoch 1's was never written
     assert finite(last["state_dict"])
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch0.ckpt", "last.ckpt"]
-    status = read_status(tmp_path / "status.json")
+    status = read_status(tmp_path)
     assert status is not None
     assert (status["status"], status["step"], status["epoch"]) == ("diverged", 46, 1)
     assert "weights are non-finite" in status["reason"]
@@ -148,7 +149,7 @@ def test_first_bad_step_is_exact_between_checks(tmp_path: Path) -> None:
 def test_saving_nan_weights_raises_and_writes_nothing(tmp_path: Path) -> None:
     trainer, module, data = _trainer(tmp_path, DivergenceGuard(), epochs=1)
     trainer.fit(module, datamodule=data)
-    assert read_status(tmp_path / "status.json")["status"] == "finished"  # type: ignore[index]
+    assert read_status(tmp_path)["status"] == "finished"  # type: ignore[index]
     Poison()._poison(module)
     with pytest.raises(DivergedError, match="weights are non-finite"):
         trainer.save_checkpoint(tmp_path / "nan.ckpt")
@@ -170,7 +171,7 @@ def test_squared_loss_at_large_sigma_diverges_cleanly(
     code = run_cli(*TINY, *DIVERGES, "--run.root", str(tmp_path), "--run.id", "div")
     assert code == EXIT_DIVERGED == 3
     run_dir = tmp_path / "quickstart" / "div"
-    status = read_status(run_dir / "status.json")
+    status = read_status(run_dir)
     assert status is not None
     assert (status["status"], status["step"], status["epoch"]) == ("diverged", 25, 1)
     assert status["reason"] == "the training loss is inf"
@@ -225,7 +226,7 @@ def _start_and_kill(root: Path, sig: signal.Signals) -> subprocess.CompletedProc
 def test_killed_run_resumes_exactly(sig: signal.Signals, how: str, reference: Path, tmp_path: Path) -> None:
     killed = _start_and_kill(tmp_path, sig)
     run_dir = tmp_path / "quickstart" / "killed"
-    status = read_status(run_dir / "status.json")
+    status = read_status(run_dir)
     assert status is not None
     if sig == signal.SIGKILL:
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -247,7 +248,7 @@ def test_killed_run_resumes_exactly(sig: signal.Signals, how: str, reference: Pa
     assert want["state_dict"].keys() == got["state_dict"].keys()
     assert all(torch.equal(want["state_dict"][k], got["state_dict"][k]) for k in want["state_dict"])
     assert (run_dir / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
-    assert read_status(run_dir / "status.json")["status"] == "finished"  # type: ignore[index]
+    assert read_status(run_dir)["status"] == "finished"  # type: ignore[index]
     assert not (run_dir / "metrics.resume.csv").exists()
 
 
@@ -431,7 +432,7 @@ def test_concurrent_runs_keep_to_their_own_folders(tmp_path: Path) -> None:
     for run_dir in run_dirs:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         seeds.add(config["seed_everything"])
-        assert read_status(run_dir / "status.json")["status"] == "finished"  # type: ignore[index]
+        assert read_status(run_dir)["status"] == "finished"  # type: ignore[index]
         assert len([r for r in read_rows(run_dir / "metrics.csv") if r["train/loss"]]) == 1
         assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch0.ckpt", "last.ckpt"]
         assert load_ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH

@@ -1,0 +1,429 @@
+"""The run folder: its layout, atomic writes, ``status.json``, ``metrics.csv``, ``hp.json``, the sweep
+manifest, and the locks that give a run folder or a sweep one owner at a time.
+
+This is the only module of the package that reads or writes those files (Lightning's CSV logger
+writes the rows of ``metrics.csv`` itself). It imports neither torch nor Lightning, so ``sweep``,
+``report`` and ``dashboard`` start without them. Layout::
+
+    <root>/<name>/<id>/            one run (--run.root, --run.name, --run.id)
+        metrics.csv                every logged row: step, epoch and the metric keys (CSV logger)
+        config.yaml                the full nested config (LightningCLI)
+        hp.json                    the canonical hyperparameters (:data:`HP_KEYS`), flat
+        hparams.yaml               the module's hyperparameters (CSV logger)
+        status.json                running | finished | diverged | interrupted | failed
+        checkpoints/               epoch<k>.ckpt and last.ckpt
+        .lock                      held (flock) by the process that owns the run
+        output.log, args.json      written by the local sweep runner
+        wandb/                     the W&B run, when that logger is configured
+    <root>/<sweep>/manifest.json   a local sweep's state, and its .lock
+
+Errors a user can cause (a corrupt file, a bad name, a folder in use) raise :class:`RunDirError`, a
+``ValueError`` whose message names the file or value and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.csv"
+CONFIG = "config.yaml"
+HP = "hp.json"
+STATUS = "status.json"
+CHECKPOINTS = "checkpoints"
+LAST_CKPT = "last.ckpt"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+OUTPUT_LOG = "output.log"
+ARGS_JSON = "args.json"
+
+STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
+# One folder name: no separator, not "." or "..", no leading dot or dash (hidden files, options).
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+-]{0,127}")
+
+
+class RunDirError(ValueError):
+    """Bad input about the run folder: a corrupt file, a bad name, a folder in use."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ---------------------------------------------------------------------------- layout
+
+
+def check_name(key: str, value: str) -> str:
+    """``value`` if it is one safe folder name, else :class:`RunDirError` naming ``key``."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or value in (".", ".."):
+        raise RunDirError(
+            f"{key}={value!r} must be one folder name: 1-128 letters, digits and . _ = + -, starting with a "
+            "letter, digit or _ (no '/', not '.' or '..')"
+        )
+    return value
+
+
+def run_path(root: str | Path, name: str, run_id: str) -> Path:
+    """``<root>/<name>/<run_id>``, after checking that both parts are single safe folder names."""
+    return Path(root) / check_name("run.name", name) / check_name("run.id", run_id)
+
+
+def holds_run(run_dir: Path) -> list[str]:
+    """The files that make ``run_dir`` an existing run (``metrics.csv``, ``checkpoints``), if any."""
+    return [p for p in (METRICS, CHECKPOINTS) if (run_dir / p).exists()]
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINTS / LAST_CKPT
+
+
+def newest_run_with_checkpoint(root: str | Path, name: str) -> Path | None:
+    """The run folder under ``<root>/<name>`` whose ``last.ckpt`` is newest (``--ckpt_path last``)."""
+    found = sorted(Path(root, name).glob(f"*/{CHECKPOINTS}/{LAST_CKPT}"), key=lambda p: p.stat().st_mtime)
+    return found[-1].parent.parent if found else None
+
+
+def find_run_dirs(path: Path) -> list[Path]:
+    """Run folders (with a ``metrics.csv``) at any depth under ``path``, sorted; W&B folders skipped."""
+    return sorted(p.parent for p in path.rglob(METRICS) if "wandb" not in p.relative_to(path).parts[:-1])
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``text`` to a temporary file in the same folder, fsync, then ``os.replace``: a reader sees the old
+    file or the new one, never half of one, whatever kills the writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """JSON (non-finite floats as null) written with :func:`atomic_write_text`."""
+    atomic_write_text(path, json.dumps(_finite(data), indent=1, default=str, allow_nan=False) + "\n")
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, Mapping):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+def read_json(path: Path, what: str, fix: str) -> Any:
+    """The JSON in ``path``; :class:`RunDirError` naming the file, ``what`` it should be and ``fix``."""
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RunDirError(f"{path}: not a valid {what} ({err}); {fix}") from err
+
+
+# ---------------------------------------------------------------------------- status.json
+
+
+def write_status(run_dir: Path, status: str, **fields: Any) -> None:
+    """``{"status": status, **fields, "time": now}`` to ``<run_dir>/status.json``, atomically."""
+    if status not in STATUSES:
+        raise ValueError(f"status={status!r}; allowed: {', '.join(STATUSES)}")
+    atomic_write_json(run_dir / STATUS, {"status": status, **fields, "time": _now()})
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """The record of :func:`write_status`; None when missing, unreadable or not such a record (logged)."""
+    path = run_dir / STATUS
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path, "status record", "it is rewritten by the next fit of this run")
+    except (OSError, RunDirError) as err:
+        log.warning("%s", err)
+        return None
+    if not isinstance(record, dict) or record.get("status") not in STATUSES:
+        log.warning("%s: not a status record (expected {\"status\": one of %s})", path, ", ".join(STATUSES))
+        return None
+    return record
+
+
+# ---------------------------------------------------------------------------- metrics.csv
+
+
+@dataclass(frozen=True)
+class MetricsTable:
+    """A run's ``metrics.csv`` as written by Lightning's CSV logger: one row per log call.
+
+    ``values`` is a float64 DataFrame (``step``, ``epoch`` and every metric key as columns; NaN where a
+    row did not log the key); ``logged`` is the bool DataFrame of the cells that hold a value, so a
+    logged NaN/inf can be told from a blank cell.
+    """
+
+    path: Path
+    values: Any  # pandas.DataFrame
+    logged: Any  # pandas.DataFrame
+
+    @property
+    def keys(self) -> list[str]:
+        """Metric columns (``step`` and ``epoch`` excluded), in file order."""
+        return [k for k in self.values.columns if k not in ("step", "epoch")]
+
+    def series(self, key: str) -> tuple[Any, Any, Any]:
+        """(steps, epochs, values) numpy arrays of the rows that logged ``key`` (epoch NaN if absent)."""
+        if key not in self.values.columns:
+            empty = self.values.iloc[:0]
+            return empty["step"].to_numpy(), empty["epoch"].to_numpy(), empty["step"].to_numpy(float)
+        rows = self.values[self.logged[key]]
+        return rows["step"].to_numpy(), rows["epoch"].to_numpy(), rows[key].to_numpy()
+
+    def last(self) -> dict[str, float | None]:
+        """The last logged value of every column (``epoch`` and ``step`` included); NaN/inf -> None."""
+        out: dict[str, float | None] = {}
+        for key in self.values.columns:
+            logged = self.values[key][self.logged[key]]
+            if len(logged):
+                value = float(logged.iloc[-1])
+                out[key] = value if math.isfinite(value) else None
+        return out
+
+
+def read_metrics(path: Path) -> MetricsTable:
+    """Parse ``metrics.csv`` (or the one in a run folder) into a :class:`MetricsTable`.
+
+    Schema: a header row; a ``step`` column of integers in every row; an optional ``epoch`` column;
+    every other cell empty or a number (``nan``/``inf`` allowed). A missing or empty file is an empty
+    table; anything else raises :class:`RunDirError` naming the file.
+    """
+    import pandas as pd  # lazy: ~0.3 s, and `sweep --help` does not need it
+
+    path = path / METRICS if path.is_dir() else path
+    empty = pd.DataFrame({"step": pd.Series(dtype="int64"), "epoch": pd.Series(dtype="float64")})
+    if not path.is_file() or path.stat().st_size == 0:
+        return MetricsTable(path, empty, empty.astype(bool))
+    fix = "it is written by Lightning's CSV logger; move the file away or delete the run folder"
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as err:
+        raise RunDirError(f"{path}: not a metrics.csv ({type(err).__name__}: {err}); {fix}") from err
+    if "step" not in raw.columns:
+        columns = list(raw.columns)
+        raise RunDirError(f"{path}: not a metrics.csv (no 'step' column; columns: {columns}); {fix}")
+    logged = raw.ne("")
+    try:
+        values = raw.replace("", "nan").astype("float64")
+    except ValueError as err:
+        raise RunDirError(f"{path}: not a metrics.csv (a cell is not a number: {err}); {fix}") from err
+    if not logged["step"].all() or not (values["step"] % 1 == 0).all():
+        raise RunDirError(f"{path}: not a metrics.csv (every row needs an integer step); {fix}")
+    values["step"] = values["step"].astype("int64")
+    if "epoch" not in values.columns:
+        values["epoch"], logged["epoch"] = math.nan, False
+    return MetricsTable(path, values, logged)
+
+
+def final_metrics(run_dir: Path) -> dict[str, float | None]:
+    """Last logged value of every column of the run's ``metrics.csv`` (see :meth:`MetricsTable.last`)."""
+    return read_metrics(run_dir / METRICS).last()
+
+
+def read_metrics_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of ``metrics.csv`` as the exact text of each cell (no float round trip), for code
+    that rewrites the file and must keep it byte-identical; ([], []) when it is missing or empty."""
+    import csv
+
+    if not path.is_file():
+        return [], []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+# ---------------------------------------------------------------------------- hp.json
+
+
+HP_KEYS = (
+    "run_name", "net", "init_std", "width", "activation", "loss", "loss_scale", "loss_scale_with_init", "lr",
+    "dataset", "label_noise", "label_noise_mode", "train_subset", "batch_size", "max_epochs", "seed",
+)
+"""The canonical hyperparameters every run carries, however it was launched: ``hp.json`` in the run
+folder and the ``hp`` block of its W&B config. Dashboards and reports group on these."""
+
+
+def _get(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def canonical_hp(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`HP_KEYS` of a run from its full nested config (``config.yaml``'s content).
+
+    ``net`` is the class name of ``model.net``; ``init_std`` None means Glorot init; ``seed`` is
+    ``seed_everything``. Keys the config lacks are None.
+    """
+    net = _get(config, "model.net")
+    net_args = net.get("init_args", {}) if isinstance(net, Mapping) else {}
+    class_path = net.get("class_path") if isinstance(net, Mapping) else None
+    seed = config.get("seed_everything")
+    return {
+        "run_name": _get(config, "run.name"),
+        "net": str(class_path).rsplit(".", 1)[-1] if class_path else None,
+        "init_std": net_args.get("init_std"),
+        "width": net_args.get("width"),
+        "activation": net_args.get("activation"),
+        "loss": _get(config, "model.loss"),
+        "loss_scale": _get(config, "model.loss_scale"),
+        "loss_scale_with_init": _get(config, "model.loss_scale_with_init"),
+        "lr": _get(config, "model.lr"),
+        "dataset": _get(config, "data.dataset"),
+        "label_noise": _get(config, "data.label_noise"),
+        "label_noise_mode": _get(config, "data.label_noise_mode"),
+        "train_subset": _get(config, "data.train_subset"),
+        "batch_size": _get(config, "data.batch_size"),
+        "max_epochs": _get(config, "trainer.max_epochs"),
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+    }
+
+
+def write_hp(run_dir: Path, hp: Mapping[str, Any]) -> None:
+    atomic_write_json(run_dir / HP, dict(hp))
+
+
+def read_hp(run_dir: Path) -> dict[str, Any] | None:
+    """``hp.json`` of a run; None when absent (runs of older versions), :class:`RunDirError` if corrupt."""
+    path = run_dir / HP
+    if not path.is_file():
+        return None
+    hp = read_json(path, "hp.json", "delete it: the next fit of this run rewrites it")
+    if not isinstance(hp, dict):
+        raise RunDirError(f"{path}: expected a JSON object of hyperparameters, got {type(hp).__name__}")
+    return hp
+
+
+# ---------------------------------------------------------------------------- manifest.json
+
+
+def write_manifest(path: Path, data: Mapping[str, Any]) -> None:
+    atomic_write_json(path, data)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A local sweep's manifest ``{"runs": {run_id: {"status": ..., ...}}, ...}``, checked.
+
+    :class:`RunDirError` naming the file when it is not JSON, not that shape, or an entry has no
+    valid ``status``.
+    """
+    fix = "move it away to start the sweep afresh"
+    data = read_json(path, "sweep manifest", fix)
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, dict):
+        raise RunDirError(f"{path}: not a sweep manifest (expected an object with a 'runs' object); {fix}")
+    for run_id, entry in runs.items():
+        if not isinstance(entry, dict) or entry.get("status") not in (*STATUSES, "pending"):
+            raise RunDirError(
+                f"{path}: run {run_id!r} has no valid status (allowed: pending, {', '.join(STATUSES)}); {fix}"
+            )
+    return data
+
+
+# ---------------------------------------------------------------------------- locks
+
+
+class LockedError(RunDirError):
+    """The folder is owned by another live process."""
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held by this process until :meth:`release` (or its death).
+
+    ``fcntl.flock`` on ``<folder>/.lock``: the kernel drops the lock when the holder dies, however it
+    dies, so a stale lock of a killed process is taken over by the next process without any guess
+    about pids. The file (never deleted: deleting would race with the next locker) records the holder's
+    pid, host, start time and command line, which :class:`LockedError` quotes.
+
+    Args:
+        folder: The run or sweep folder (created if missing).
+        what: How the message names the folder, e.g. ``"run folder runs/q/abc"``.
+    """
+
+    def __init__(self, folder: Path, what: str) -> None:
+        self.path = folder / LOCK
+        self.what = what
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            raise LockedError(f"the {self.what} is in use by another process ({self._describe(holder)}); "
+                              "wait for it to finish or stop it, then run this again") from None
+        fh.seek(0)
+        fh.truncate()
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "argv": sys.argv}
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    @staticmethod
+    def _describe(holder: str) -> str:
+        with contextlib.suppress(ValueError, TypeError):
+            rec = json.loads(holder)
+            return f"pid {rec['pid']} on {rec['host']} since {rec['since']}: {' '.join(rec.get('argv', []))}"
+        return "holder unknown"
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def locked(folder: Path, what: str) -> Iterator[FolderLock]:
+    """``with locked(run_dir, "run folder ..."):`` hold :class:`FolderLock` for the block."""
+    with FolderLock(folder, what) as lock:
+        yield lock
