@@ -583,7 +583,7 @@ def _lookup(config: dict[str, Any], dotted: str) -> Any:
 def test_sweep_files_are_w_and_b_sweeps_with_the_cli_command() -> None:
     assert {p.stem for p in SWEEP_FILES} >= {
         "section3_sin", "section4_relu_losses", "section4_remedy_cross_entropy", "section4_remedy_hinge",
-        "section4_remedy_squared", "section5_alignment", "label_noise", "cpu_mnist5k"}
+        "section4_remedy_squared", "section5_alignment", "label_noise", "cpu_mnist5k", "cpu_mnist5k_random"}
     for path in SWEEP_FILES:
         spec = yaml.safe_load(path.read_text())
         assert spec["method"] in ("grid", "random", "bayes"), path
@@ -594,7 +594,8 @@ def test_sweep_files_are_w_and_b_sweeps_with_the_cli_command() -> None:
             assert "configs/logger/wandb.yaml" in cmd, path
             assert cmd.index("${args_json_file}") > max(i for i, c in enumerate(cmd) if c.endswith(".yaml"))
         for name, param in spec["parameters"].items():
-            for value in param.get("values", [param.get("value")]):
+            numbers = [param[k] for k in ("min", "max") if k in param]
+            for value in param.get("values", [param["value"]] if "value" in param else numbers):
                 if name.endswith(("init_std", "loss_scale", "label_noise")):
                     assert isinstance(value, float), (path, name, value)  # not the YAML string "1e-3"
 
