@@ -356,13 +356,9 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
+    if not text.strip().isdigit() or int(text) < 1:  # "+3", "-1", "0", "x" refused
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
-    return value
+    return int(text)
 
 
 def parser() -> argparse.ArgumentParser:
