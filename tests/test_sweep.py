@@ -526,6 +526,7 @@ def test_bad_numbers_are_usage_errors(argv: list[str], tmp_path: Path, capsys: p
 # ---------------------------------------------------------------- a real grid of fits
 
 
+@pytest.mark.slow  # four real fits and two retries: ~30-60 s on 2 shared cores
 def test_local_runs_a_real_grid_records_a_failure_and_skips_finished_runs(tmp_path: Path) -> None:
     # 2×2: σ × lr, where lr = -1 is rejected by the module: two fits finish, two fail, none stops the rest.
     path = _write_sweep(tmp_path / "tiny.yaml", {
