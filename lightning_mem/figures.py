@@ -30,14 +30,9 @@ def _plt() -> Any:
 
 
 def _grid(n: int) -> tuple[int, int]:
+    """(rows, cols) for ``n`` panels: up to 3 per row."""
     cols = min(n, 3)
     return math.ceil(n / cols), cols
-
-
-def figure_size(n_panels: int) -> tuple[int, int]:
-    """Pixel (width, height) of a figure with ``n_panels`` subplots (for tests and docs)."""
-    rows, cols = _grid(n_panels)
-    return round(cols * PANEL_W * DPI), round(rows * PANEL_H * DPI)
 
 
 def _figure(n_panels: int) -> tuple[Any, list[Any]]:

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_mem.figures import plot_acc_vs_alignment, plot_alignment_curves, plot_curves, plot_vs_sigma
+from lightning_mem.rundir import MANIFEST, read_manifest
 from lightning_mem.runlog import (
     COLUMNS,
     SEED_KEYS,
@@ -91,9 +92,9 @@ def render(
     """Write every figure that the runs' metrics allow, ``summary.md`` and ``runs.csv``."""
     if not runs:
         raise ValueError("no finished runs to report")
-    out.mkdir(parents=True, exist_ok=True)
-    layout = Layout.of(runs, group_by)
+    layout = Layout.of(runs, group_by)  # a bad --group-by fails before anything is written
     keys = Keys.of(runs)
+    out.mkdir(parents=True, exist_ok=True)
     log.info("%d runs; grouped by %s; σ key %s", len(runs), layout.group_keys or "nothing", layout.sigma_key)
     written = [
         plot_curves(runs, layout, out),
@@ -115,23 +116,58 @@ def render(
     return [p for p in written if p is not None] + [out / "summary.md", out / "runs.csv"]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1 (the number of last measurements "
+                                         "averaged into the final alignment)")
+    return value
+
+
+def check_out(out: Path) -> None:
+    """ValueError naming ``out`` unless it is a folder or can be made one (nothing is created here)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is an existing file; give a folder (created if missing)")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+
+
+def check_manifests(inputs: Sequence[str]) -> None:
+    """Manifests among ``inputs`` checked by :func:`rundir.read_manifest` (RunDirError naming the file)."""
+    for item in map(Path, inputs):
+        path = item / MANIFEST if item.is_dir() else item
+        if path.is_file() and path.suffix == ".json":
+            read_manifest(path)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``lightning-mem report RUN_DIR_OR_MANIFEST... --out DIR [--group-by KEY ...]``."""
+    """``lightning-mem report RUN_DIR_OR_MANIFEST... --out DIR [--group-by KEY ...] [--tail N]``.
+
+    Exit codes: 0 written; 2 bad input (a missing or corrupt input, --out a file, --tail < 1), named.
+    """
     parser = argparse.ArgumentParser(
         prog="lightning-mem report",
         description="Figures (PNG) and a Markdown table from finished runs or sweep manifests.",
     )
     parser.add_argument("inputs", nargs="+", help="Run folders, folders of runs, or manifest.json files.")
-    parser.add_argument("--out", type=Path, required=True, help="Folder for the figures and summary.md.")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="Folder for the figures, summary.md and runs.csv (created if missing).")
     parser.add_argument("--group-by", nargs="+", default=None, metavar="KEY",
                         help="Config keys that define a group (default: the swept keys except the seed); "
                         "comma-separated or repeated; CLI spellings such as model.net.init_std work.")
-    parser.add_argument("--tail", type=int, default=5, help="Final alignment: mean of the last N values.")
+    parser.add_argument("--tail", type=_positive_int, default=5,
+                        help="Final alignment: mean of the last N measurements (default: 5).")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     group_by = [k for item in args.group_by or [] for k in item.split(",") if k] or None
-    try:
+    try:  # RunDirError (a corrupt metrics.csv or manifest, named) is a ValueError
+        check_out(args.out)
+        check_manifests(args.inputs)
         runs = load_runs(args.inputs)
         render(runs, args.out, group_by, args.tail)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         parser.error(str(err))

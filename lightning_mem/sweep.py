@@ -1,121 +1,90 @@
-"""``lightning-mem sweep local|agents``: run W&B sweep YAML as a local grid, or one ``wandb agent`` per GPU.
+"""``lightning-mem sweep local|agents``: run a W&B sweep YAML on this machine, or one ``wandb agent`` per GPU.
 
-``local SWEEP.yaml`` expands the sweep's ``parameters`` (``values`` lists, single ``value``s, nested
-``parameters``) as a grid and builds each run's command from the sweep's ``command`` exactly as
-``wandb agent`` does (the ``${env}``, ``${interpreter}``, ``${program}``, ``${args}``,
-``${args_json_file}`` ... macros), plus ``--run.root/--run.name/--run.id`` so every run's folder is
-known: ``<root>/<sweep name>/<run id>/``. Its state lives in ``<root>/<sweep name>/manifest.json``,
-rewritten atomically after every change: rerunning skips finished (and diverged) runs and retries
-the others. A failing run never stops the sweep; SIGINT/SIGTERM stop the running children and mark
-them ``interrupted``.
+``local SWEEP.yaml`` runs the sweep's points (:mod:`lightning_mem.search`): ``method: grid`` every
+combination; ``method: random`` ``--count N`` seeded draws (``--seed``) with W&B's distributions;
+``run_cap`` in the file caps either. ``method: bayes`` is refused (exit 2): it needs W&B's server; run
+``wandb agent`` against it. W&B's open-source engine (``sweeps`` on PyPI) is not used because it
+requires ``numpy<2``, and we need numpy 2 (torch 2.14, pandas 3).
 
-``agents SWEEP_ID --gpus 0,1`` starts one ``wandb agent`` per GPU, each pinned with
-``CUDA_VISIBLE_DEVICES``, forwards SIGINT/SIGTERM to them and exits non-zero if any agent failed.
+Each run's command is built from the sweep's ``command`` with wandb's own functions
+(``create_sweep_command``, ``create_sweep_command_args``), substituted as ``wandb agent`` does
+(``${env}``, ``${interpreter}`` = this Python, ``${program}``, ``${args}``, ``${args_json_file}``, ...),
+plus ``--run.root/--run.name/--run.id`` so that every run's folder is ``<root>/<sweep name>/<run id>/``.
+The sweep's state is ``<root>/<sweep name>/manifest.json`` (:mod:`lightning_mem.rundir`), rewritten
+atomically after every change; a rerun skips finished (and diverged) runs and retries the others.
+The runner holds the sweep folder's lock for its lifetime: a second runner of the same sweep exits 2
+naming the holder; the lock of a killed runner is taken over. A failing run never stops the sweep;
+SIGINT/SIGTERM stop the running children and mark them ``interrupted``.
+
+GPUs (:mod:`lightning_mem.launch`): ``--gpus`` lists indices into this process's own
+``CUDA_VISIBLE_DEVICES`` when it is set, ``--gpus-per-run K`` groups them K at a time, one run per
+group at once. ``agents SWEEP_ID --gpus ...`` starts one ``wandb agent`` per slot, forwards
+SIGINT/SIGTERM to them and exits 1 if any agent failed.
+
+Exit codes: 0 every run finished; 1 a run failed; 2 bad input (sweep file, manifest, GPU ids, a
+sweep folder in use); 128 + signal when stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import hashlib
-import itertools
 import json
 import logging
-import math
 import os
+import platform
 import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lightning_mem import rundir, search
+from lightning_mem.launch import Signals, child_env, cmd_agents, slots_of
+from lightning_mem.rundir import FolderLock, RunDirError
+
 log = logging.getLogger(__name__)
 
 DONE = ("finished", "diverged")  # statuses a rerun skips; every other status is run again
-_ENVVAR = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")  # wandb's ${envvar:NAME} macro
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")  # W&B run ids and folder names: keep to these
+METHODS = ("grid", "random")
+BAYES = ("method 'bayes' fits a model to earlier results, which W&B keeps on its server: run `wandb sweep "
+         "FILE` and then `wandb agent SWEEP_ID` (or `lightning-mem sweep agents SWEEP_ID --gpus ...`); "
+         "locally, use `method: random` with --count N, or `method: grid` (W&B's engine, `sweeps` on PyPI, "
+         "requires numpy<2 and does not install beside our numpy 2)")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")  # run ids and folder names: keep to these
 
 
-def expand_grid(parameters: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
-    """All combinations of a W&B ``parameters`` block, in YAML order.
-
-    ``{values: [...]}`` and ``{value: x}`` are axes; ``{parameters: {...}}`` nests (its combinations
-    become dict values, as W&B passes them). Anything else (``min``/``max``, a distribution) cannot
-    be gridded and raises a ValueError naming the parameter.
-    """
-    axes: list[list[Any]] = []
-    for name, spec in parameters.items():
-        key = f"{prefix}{name}"
-        if not isinstance(spec, dict):
-            raise ValueError(f"parameter {key!r}: expected a mapping such as {{values: [...]}}, got {spec!r}")
-        dist = spec.get("distribution", "categorical" if "values" in spec else "constant")
-        if "parameters" in spec:
-            axes.append(expand_grid(spec["parameters"], prefix=f"{key}."))
-        elif "values" in spec and dist == "categorical":
-            if not isinstance(spec["values"], list) or not spec["values"]:
-                raise ValueError(f"parameter {key!r}: values must be a non-empty list")
-            axes.append(list(spec["values"]))
-        elif "value" in spec and dist == "constant":
-            axes.append([spec["value"]])
-        else:
-            raise ValueError(
-                f"parameter {key!r}: the local runner cannot grid {spec!r} (distribution {dist!r}); "
-                "give it `values: [...]` or `value: x`"
-            )
-    names = list(parameters)
-    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
+# ---------------------------------------------------------------------------- the sweep file
 
 
-def command_args(params: dict[str, Any]) -> dict[str, list[str]]:
-    """The argument macros of ``wandb agent`` (its ``sweeps.utils.create_sweep_command_args``)."""
-    flags = [f"--{k}={v}" for k, v in params.items()]
-    return {
-        "args": flags,
-        "args_no_equals": [s for k, v in params.items() for s in (f"--{k}", str(v))],
-        "args_no_hyphens": [f[2:] for f in flags],
-        "args_no_boolean_flags": [f"--{k}" if v is True else f"--{k}={v}"
-                                  for k, v in params.items() if v is not False],
-        "args_json": [json.dumps(params)],
-        "args_append_hydra": [f"+{f[2:]}" for f in flags],
-        "args_override_hydra": [f"++{f[2:]}" for f in flags],
-    }
+def load_spec(path: Path) -> dict[str, Any]:
+    """The sweep file as a mapping with ``parameters`` and a ``command`` list; ValueError naming it."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the sweep file ({err})") from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("parameters", {}), dict):
+        raise ValueError(f"{path}: a sweep is a mapping with `parameters:` (a mapping), `command:`")
+    if not isinstance(loaded.get("command"), list):
+        raise ValueError(f"{path}: the sweep needs a `command:` list (lightning-mem fit ...)")
+    return loaded
 
 
-def build_command(
-    template: list[Any], params: dict[str, Any], args_json_file: Path, program: str | None = None
-) -> list[str]:
-    """Substitute a sweep ``command``'s macros as ``wandb agent`` does (``${interpreter}``: this Python)."""
-    macros = command_args(params) | {
-        "env": ["/usr/bin/env"] if Path("/usr/bin/env").exists() else [],
-        "interpreter": [sys.executable],
-        "program": [program] if program else [],
-        "args_json_file": [str(args_json_file)],
-    }
-    out: list[str] = []
-    for item in template:
-        text = _ENVVAR.sub(lambda m: os.environ.get(m.group(1), m.group(1)), str(item))
-        if text.startswith("${") and text.endswith("}"):
-            out += macros.get(text[2:-1], [])
-        else:
-            out.append(text)
-    return out
+def run_id(params: dict[str, Any], show: list[str] | None = None, prefix: str = "") -> str:
+    """A readable id, the same on every rerun: ``<prefix><key><value>_...-<hash of all params>``.
 
-
-def run_id(params: dict[str, Any], show: list[str] | None = None) -> str:
-    """A readable id, the same on every rerun: ``<key><value>_...-<hash of all params>``.
-
-    The readable part names the ``show`` keys (default: all) by their last dotted part, and dotted
-    string values (class paths) by theirs: ``init_std0.01_seed_everything1-3f2a9c1e``.
+    The readable part names the ``show`` keys (default: all) by their last dotted part, dotted string
+    values (class paths) by theirs, and floats with 4 significant digits: ``init_std0.01_seed1-3f2a9c1e``.
     """
     digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
     parts = []
@@ -123,34 +92,74 @@ def run_id(params: dict[str, Any], show: list[str] | None = None) -> str:
         value = params[key]
         if isinstance(value, str):
             value = value.rsplit(".", 1)[-1]
+        elif isinstance(value, float) and prefix:  # random draws: 0.0123 rather than 0.012345678901
+            value = f"{value:.4g}"
         if not isinstance(value, dict):
             parts.append(f"{key.rsplit('.', 1)[-1]}{value}")
-    return f"{_UNSAFE.sub('', '_'.join(parts))[:48] or 'run'}-{digest}"
+    return f"{prefix}{_UNSAFE.sub('', '_'.join(parts))[:48] or 'run'}-{digest}"
 
 
-def final_metrics(metrics_csv: Path) -> dict[str, float | None]:
-    """Last logged value of every column of a Lightning ``metrics.csv`` (rows are sparse); NaN/inf -> None."""
-    last: dict[str, float | None] = {}
-    if not metrics_csv.is_file():
-        return last
-    with metrics_csv.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            for key, value in row.items():
-                with contextlib.suppress(TypeError, ValueError):  # empty cells of sparse rows
-                    number = float(value)
-                    last[key] = number if math.isfinite(number) else None
-    return last
+def points(
+    spec: dict[str, Any], path: Path, count: int | None, seed: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """(run id, parameters) of every run of the sweep, in order (see the module docstring)."""
+    method = spec.get("method", "grid")
+    if method == "bayes":
+        raise ValueError(f"{path}: {BAYES}")
+    if method not in METHODS:
+        raise ValueError(f"{path}: method {method!r}; the local runner runs {', '.join(METHODS)} (and bayes "
+                         "through `wandb agent`)")
+    cap = spec.get("run_cap")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise ValueError(f"{path}: run_cap={cap!r} must be an integer >= 1")
+    limits = [n for n in (count, cap) if n is not None]
+    parameters = spec.get("parameters") or {}
+    if method == "random":
+        if not limits:
+            raise ValueError(f"{path}: method 'random' draws without end: give --count N "
+                             "(or run_cap in the file)")
+        combos = search.random_points(parameters, min(limits), seed)
+        const = {k for k, v in parameters.items() if search.distribution(k, v) == "constant"}
+        show = [k for k in parameters if k not in const]
+        return [(run_id(p, show, prefix=f"{i:03d}_"), p) for i, p in enumerate(combos)]
+    combos = search.expand_grid(parameters)[: min(limits, default=None)]
+    varying = [k for k in combos[0] if any(c[k] != combos[0][k] for c in combos)]
+    return [(run_id(p, show=varying), p) for p in combos]
+
+
+def build_command(template: list[Any], params: dict[str, Any], args_json_file: Path,
+                  program: str | None = None) -> list[str]:
+    """A sweep ``command`` with its macros substituted by wandb's own functions, as ``wandb agent`` does
+    (``${interpreter}`` is this Python, so the runs use this environment; unknown macros vanish)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args  # ~0.5 s
+
+    macros: dict[str, Any] = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    macros |= {"interpreter": [sys.executable], "program": [program] if program else [],
+               "args_json_file": [str(args_json_file)]}
+    if platform.system() != "Windows":
+        macros["env"] = ["/usr/bin/env"]
+    out: list[str] = []
+    for item in create_sweep_command([str(c) for c in template]):  # a copy: it substitutes in place
+        text = str(item)
+        out += (macros.get(text[2:-1]) or []) if text.startswith("${") and text.endswith("}") else [text]
+    return out
+
+
+def args_json(params: dict[str, Any]) -> str:
+    """The ``${args_json_file}`` content: wandb's ``args_json`` (a flat JSON of the dotted keys)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    return str(macros["args_json"][0])
+
+
+# ---------------------------------------------------------------------------- runs
 
 
 def run_status(run_dir: Path, returncode: int, metrics: dict[str, float | None]) -> tuple[str, str | None]:
-    """(status, reason): ``diverged`` if the run's ``status.json`` says so (written by the CLI's
-    ``RunStatus`` callback) or its last train loss is not finite; else finished / failed by exit code."""
-    marker = run_dir / "status.json"
-    record: dict[str, Any] = {}
-    if marker.is_file():
-        with contextlib.suppress(ValueError):
-            loaded = json.loads(marker.read_text())
-            record = loaded if isinstance(loaded, dict) else {}
+    """(status, reason): ``diverged`` if the run's ``status.json`` says so (the CLI's ``RunStatus``) or
+    its last train loss is not finite; else finished / failed by exit code."""
+    record = rundir.read_status(run_dir) or {}
     reason = record.get("reason")
     if record.get("status") == "diverged":
         return "diverged", reason
@@ -169,126 +178,58 @@ def error_line(output_log: Path, limit: int = 300) -> str | None:
     return None if found is None else found[:limit]
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON to a temporary file in the same folder, then ``os.replace``: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# ---------------------------------------------------------------------------- the local runner
 
 
-def child_env(gpu: str | None, **extra: str) -> dict[str, str]:
-    """This process's environment, this Python's bin folder first on PATH, pinned to ``gpu`` when given."""
-    env = dict(os.environ, **extra)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    return env
-
-
-class Signals:
-    """Records SIGINT/SIGTERM (and calls ``on_signal``) instead of raising; restores the old handlers."""
-
-    def __init__(self, on_signal: Any = None) -> None:
-        self.received: int | None = None
-        self.on_signal = on_signal
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> Signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signum
-        log.warning("received %s", signal.Signals(signum).name)
-        if self.on_signal is not None:
-            self.on_signal(signum)
-
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True if a signal arrived meanwhile."""
-        end = time.monotonic() + seconds
-        while self.received is None and time.monotonic() < end:
-            time.sleep(min(0.1, max(end - time.monotonic(), 0)))
-        return self.received is not None
-
-
-@dataclass
 class LocalSweep:
-    """The grid of one sweep file and its manifest under ``root/<name>``."""
+    """The runs of one sweep file and its manifest under ``root/<name>``; :meth:`load` reads the manifest
+    (hold :attr:`lock` around :meth:`load` and :meth:`run`)."""
 
-    path: Path
-    root: Path
-    wandb_mode: str = "offline"
-    kill_timeout: float = 15.0
-    config: dict[str, Any] = field(init=False)
-    name: str = field(init=False)
-    runs: dict[str, dict[str, Any]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        try:
-            loaded = yaml.safe_load(self.path.read_text())
-        except yaml.YAMLError as err:
-            raise ValueError(f"{self.path}: not valid YAML: {err}") from err
-        if not isinstance(loaded, dict) or not isinstance(loaded.get("parameters", {}), dict):
-            raise ValueError(f"{self.path}: a sweep is a mapping with `parameters:` (a mapping), `command:`")
-        self.config = loaded
-        if not isinstance(self.config.get("command"), list):
-            raise ValueError(f"{self.path}: the sweep needs a `command:` list (lightning-mem fit ...)")
-        method = self.config.get("method", "grid")
-        if method != "grid":
-            log.warning("%s: method %r; the local runner runs the full grid of its values", self.path, method)
-        self.name = _UNSAFE.sub("_", str(self.config.get("name") or self.path.stem))
-        self.root = self.root.resolve()
+    def __init__(self, path: Path, root: Path, wandb_mode: str = "offline", kill_timeout: float = 15.0,
+                 count: int | None = None, seed: int = 0) -> None:
+        self.path, self.wandb_mode, self.kill_timeout, self.seed = path, wandb_mode, kill_timeout, seed
+        self.spec = load_spec(path)
+        self.method = self.spec.get("method", "grid")
+        self.name = _UNSAFE.sub("_", str(self.spec.get("name") or path.stem))
+        self.root = root.resolve()
         self.dir = self.root / self.name
-        self.manifest = self.dir / "manifest.json"
-        old = {}
-        if self.manifest.is_file():
-            try:
-                old = json.loads(self.manifest.read_text())["runs"]
-            except (ValueError, KeyError) as err:
-                raise ValueError(f"{self.manifest} is unreadable ({err}); move it away to restart") from err
-        self.runs = dict(old)
-        self.grid: list[str] = []  # run ids of this file's grid, in order
+        self.manifest = self.dir / rundir.MANIFEST
+        self.lock = FolderLock(self.dir, f"sweep folder {self.dir}")
+        self.params = dict(points(self.spec, path, count, seed))
+        self.grid = list(self.params)  # run ids of this invocation, in order
+        self.runs: dict[str, dict[str, Any]] = {}
         self._t0: dict[str, float] = {}  # start times of the running runs
-        combos = expand_grid(self.config.get("parameters") or {})
-        varying = [k for k in (combos[0] if combos else {}) if any(c[k] != combos[0][k] for c in combos)]
-        for params in combos:
-            rid = run_id(params, show=varying)
-            self.grid.append(rid)
+
+    def load(self) -> None:
+        """The manifest's runs (RunDirError naming it if it is not one), then this file's commands."""
+        self.runs = dict(rundir.read_manifest(self.manifest)["runs"]) if self.manifest.is_file() else {}
+        for rid, params in self.params.items():
             run_dir = self.dir / rid
-            command = build_command(self.config["command"], params, run_dir / "args.json",
-                                    self.config.get("program"))
+            command = build_command(self.spec["command"], params, run_dir / rundir.ARGS_JSON,
+                                    self.spec.get("program"))
             command += ["--run.root", str(self.root), "--run.name", self.name, "--run.id", rid]
             entry = self.runs.setdefault(rid, {"status": "pending", "attempts": 0})
-            entry.update(params=params, run_dir=str(run_dir.resolve()), command=command)
+            entry.update(params=params, run_dir=str(run_dir), command=command)
 
     def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.manifest, {"sweep": self.name, "file": str(self.path.resolve()),
-                                          "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": self.runs})
+        extra = {"seed": self.seed} if self.method == "random" else {}
+        rundir.write_manifest(self.manifest, {
+            "sweep": self.name, "file": str(self.path.resolve()), "method": self.method, **extra,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": self.runs})
 
     def _start(self, rid: str, gpu: str | None) -> subprocess.Popen[bytes]:
         entry = self.runs[rid]
         run_dir = Path(entry["run_dir"])
-        if run_dir.exists():  # a failed or interrupted attempt: start clean
+        if run_dir.exists():  # a failed or interrupted attempt: start clean, unless a fit still owns it
+            with FolderLock(run_dir, f"run folder {run_dir}"):
+                pass
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        (run_dir / "args.json").write_text(command_args(entry["params"])["args_json"][0])
+        (run_dir / rundir.ARGS_JSON).write_text(args_json(entry["params"]))
         env = child_env(gpu, WANDB_MODE=self.wandb_mode, LIGHTNING_MEM_RUN_ID=rid)
         for key in ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH"):
             env.pop(key, None)  # the run id is ours, not an agent's
-        with (run_dir / "output.log").open("wb") as out:
+        with (run_dir / rundir.OUTPUT_LOG).open("wb") as out:
             # Own session: a terminal's Ctrl-C reaches the runner only, which stops the children in order.
             proc = subprocess.Popen(entry["command"], env=env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -301,16 +242,21 @@ class LocalSweep:
     def _finish(self, rid: str, returncode: int, interrupted: bool = False) -> None:
         entry = self.runs[rid]
         run_dir = Path(entry["run_dir"])
-        metrics = final_metrics(run_dir / "metrics.csv")
+        try:
+            metrics, broken = rundir.final_metrics(run_dir), None
+        except RunDirError as err:  # the run left a metrics.csv that is not one
+            metrics, broken = {}, str(err)
         status, reason = ("interrupted", None) if interrupted else run_status(run_dir, returncode, metrics)
+        if broken and status == "finished":
+            status, reason = "failed", broken
         if status == "failed" and reason is None:
-            reason = error_line(run_dir / "output.log")
+            reason = error_line(run_dir / rundir.OUTPUT_LOG)
         entry.update(status=status, reason=reason, returncode=returncode, metrics=metrics,
                      duration_s=round(time.monotonic() - self._t0.pop(rid), 2))
         entry.pop("pid", None)
         level = logging.INFO if status in DONE else logging.WARNING
         log.log(level, "%s %s (exit %s, %.1f s); log: %s", status, rid, returncode, entry["duration_s"],
-                run_dir / "output.log")
+                run_dir / rundir.OUTPUT_LOG)
 
     def run(self, slots: list[str | None], poll: float = 0.2) -> int:
         """Run every run not done, one per slot; 0 if all are done, 1 if any failed, 128+signal if stopped."""
@@ -326,7 +272,7 @@ class LocalSweep:
                     rid = todo.pop(0)
                     try:
                         running[rid] = (self._start(rid, slots[slot]), slot)
-                    except OSError as err:  # e.g. the command's program is not installed
+                    except (OSError, RunDirError) as err:  # not installed; a fit still owns the folder
                         reason = f"could not start: {err}"
                         self.runs[rid].update(status="failed", reason=reason, returncode=None)
                         log.warning("failed %s: %s", rid, reason)
@@ -378,17 +324,17 @@ class LocalSweep:
         return "\n".join(lines) + "\n"
 
 
-def _gpus(text: str | None) -> list[str]:
-    return [g.strip() for g in text.split(",") if g.strip()] if text else []
+# ---------------------------------------------------------------------------- commands
 
 
 def cmd_local(args: argparse.Namespace) -> int:
     sweep = LocalSweep(Path(args.sweep), Path(args.root), wandb_mode=args.wandb_mode,
-                       kill_timeout=args.kill_timeout)
-    gpus = _gpus(args.gpus)
+                       kill_timeout=args.kill_timeout, count=args.count, seed=args.seed)
+    gpus = slots_of(args)
     n = args.max_parallel or len(gpus) or 1
     slots: list[str | None] = [gpus[i % len(gpus)] for i in range(n)] if gpus else [None] * n
-    if args.dry_run:
+    if args.dry_run:  # reads the manifest (written atomically) without the lock; writes nothing
+        sweep.load()
         for i, rid in enumerate(sweep.grid):
             entry = sweep.runs[rid]
             gpu = slots[i % len(slots)]
@@ -396,71 +342,63 @@ def cmd_local(args: argparse.Namespace) -> int:
             skip = f"# {entry['status']}, skipped: " if entry["status"] in DONE else ""
             sys.stdout.write(f"{skip}{prefix}{shlex.join(entry['command'])}\n")
         return 0
-    code = sweep.run(slots)
+    try:
+        sweep.lock.acquire()  # LockedError (exit 2) names the runner that holds it
+    except OSError as err:  # --root is a file, or not writable
+        raise ValueError(f"--root {args.root}: cannot create the sweep folder {sweep.dir} ({err})") from err
+    try:
+        sweep.load()
+        code = sweep.run(slots)
+    finally:
+        sweep.lock.release()
     sys.stdout.write(sweep.summary())
     return code
 
 
-def cmd_agents(args: argparse.Namespace) -> int:
-    gpus = _gpus(args.gpus)
-    if not gpus:
-        raise SystemExit("--gpus: give at least one GPU id, e.g. --gpus 0,1")
-    exe = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
-    count = ["--count", str(args.count)] if args.count else []
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def forward(signum: int) -> None:  # an agent waits for its run at a first signal, stops it at a second
-        for _, proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    with Signals(on_signal=forward) as signals:
-        for i, gpu in enumerate(gpus):
-            if i and signals.wait(args.stagger):
-                break
-            cmd = [exe, "agent", *count, args.sweep_id]
-            log.info("agent on GPU %s: %s", gpu, shlex.join(cmd))
-            procs.append((gpu, subprocess.Popen(cmd, env=child_env(gpu), start_new_session=True)))
-        while any(proc.poll() is None for _, proc in procs):
-            time.sleep(0.2)
-    for gpu, proc in procs:
-        sys.stdout.write(f"agent GPU {gpu}: exit {proc.returncode}\n")
-    failed = [gpu for gpu, proc in procs if proc.returncode != 0]
-    if failed:
-        log.error("agents on GPUs %s failed", ",".join(failed))
-    return 1 if failed or len(procs) < len(gpus) else 0
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:  # "+3", "-1", "0", "x" refused
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return int(text)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightning-mem sweep", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    loc = sub.add_parser("local", help="Run a sweep YAML as a grid on this machine, with a manifest.")
+    gpu_help = ("comma-separated GPU indices (into this process's CUDA_VISIBLE_DEVICES when it is set), "
+                "one slot per --gpus-per-run of them (default: no pinning)")
+    per_run_help = "GPUs per run (agent): --gpus 0,1,2,3 --gpus-per-run 2 gives slots 0,1 and 2,3 (default 1)"
+    loc = sub.add_parser("local", help="Run a sweep YAML (grid or random) on this machine, with a manifest.")
     loc.add_argument("sweep", help="W&B sweep YAML (sweeps/*.yaml)")
-    loc.add_argument("--gpus", help="comma-separated GPU ids, one slot each (default: no pinning)")
-    loc.add_argument("--max-parallel", type=int, default=None,
-                     help="runs at once (default: number of GPUs or 1)")
+    loc.add_argument("--gpus", help=gpu_help)
+    loc.add_argument("--gpus-per-run", type=_positive, default=1, help=per_run_help)
+    loc.add_argument("--max-parallel", type=_positive, default=None,
+                     help="runs at once (default: number of GPU slots or 1)")
+    loc.add_argument("--count", type=_positive, default=None,
+                     help="number of runs: required for method random (unless run_cap), caps a grid")
+    loc.add_argument("--seed", type=int, default=0, help="seed of method random's draws (default: 0)")
     loc.add_argument("--root", default="runs", help="runs go to ROOT/<sweep name>/<run id>/ (default: runs)")
     loc.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     loc.add_argument("--wandb-mode", default="offline", choices=["offline", "disabled", "online"],
                      help="WANDB_MODE of the runs (default: offline; `wandb sync` uploads them later)")
     loc.add_argument("--kill-timeout", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
     loc.set_defaults(func=cmd_local)
-    ag = sub.add_parser("agents", help="One `wandb agent SWEEP_ID` per GPU.")
+    ag = sub.add_parser("agents", help="One `wandb agent SWEEP_ID` per GPU slot.")
     ag.add_argument("sweep_id", help="entity/project/sweep_id as printed by `wandb sweep`")
-    ag.add_argument("--gpus", required=True, help="comma-separated GPU ids, one agent each")
-    ag.add_argument("--count", type=int, default=None, help="runs per agent (default: until the sweep ends)")
+    ag.add_argument("--gpus", required=True, help=gpu_help.replace("slot", "agent"))
+    ag.add_argument("--gpus-per-run", type=_positive, default=1, help=per_run_help)
+    ag.add_argument("--count", type=_positive, default=None,
+                    help="runs per agent (default: until the sweep ends)")
     ag.add_argument("--stagger", type=float, default=10.0, help="seconds between agent starts (default: 10)")
     ag.set_defaults(func=cmd_agents)
     return p
 
 
 def run(argv: list[str] | None = None) -> int:
+    """Parse and run; bad input is logged and returns 2 (argparse itself exits 2 on a bad option)."""
     args = parser().parse_args(argv)
-    if args.command == "local" and args.max_parallel is not None and args.max_parallel < 1:
-        raise SystemExit("--max-parallel must be >= 1")
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # RunDirError and SearchError are ValueErrors
         log.error("%s", err)
         return 2
 
@@ -474,3 +412,5 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(code)
 
 
+if __name__ == "__main__":
+    main()

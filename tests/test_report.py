@@ -7,6 +7,8 @@ import json
 import logging
 import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -14,19 +16,20 @@ import pytest
 from matplotlib.image import imread
 
 from lightning_mem.cli import main as cli_main
-from lightning_mem.figures import figure_size
 from lightning_mem.report import main
 from lightning_mem.runlog import flatten, load_runs, swept_keys
 
 SIGMAS = ("0.01", "10.0")
 SEEDS = ("0", "1")
-FIGURES = {  # name -> number of panels for these runs (one panel group, σ swept)
-    "curves.png": 1,
-    "acc_vs_sigma.png": 2,
-    "alignment_vs_sigma.png": 3,
-    "alignment_curves.png": 3,
-    "grad_norm_vs_sigma.png": 1,
-    "acc_vs_alignment.png": 3,
+# name -> (height, width) in pixels for these runs (one panel group, σ swept). Worked out by hand from
+# the layout: a panel is 4.8 × 3.6 inches at 100 dpi (480 × 360 px), at most 3 panels per row.
+FIGURES = {
+    "curves.png": (360, 480),  # one panel: train and held-out accuracy
+    "acc_vs_sigma.png": (360, 960),  # two: best held-out and final train accuracy
+    "alignment_vs_sigma.png": (360, 1440),  # three: gradient, representation, held-out alignment
+    "alignment_curves.png": (360, 1440),  # one row (panel group) × three alignment keys
+    "grad_norm_vs_sigma.png": (360, 480),  # one: ‖∇W1‖/‖W1‖
+    "acc_vs_alignment.png": (360, 1440),  # three: one per alignment key
 }
 
 
@@ -70,10 +73,9 @@ def _table(summary: str) -> dict[str, dict[str, str]]:
 def test_renders_every_figure_and_the_table(runs_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     main([str(runs_root), "--out", str(out)])
-    for name, panels in FIGURES.items():
+    for name, size in FIGURES.items():
         img = imread(out / name)
-        width, height = figure_size(panels)
-        assert img.shape[:2] == (height, width), name
+        assert img.shape[:2] == size, name
         assert img[..., :3].std() > 0.01, f"{name} is blank"
     table = _table((out / "summary.md").read_text())
     assert set(table) == {"0.01", "10"}
@@ -159,6 +161,88 @@ def test_skips_figures_without_their_metrics(runs_root: Path, tmp_path: Path, ca
     assert table["10"]["final train acc"] == f"{kept:.4f} ± 0.0000"
 
 
-def test_bad_input_is_a_usage_error(tmp_path: Path) -> None:
+# ---------------------------------------------------------------- bad input: exit 2, no traceback
+
+
+def test_report_imports_neither_torch_nor_lightning() -> None:
+    code = ("import sys\nfrom lightning_mem.report import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit as e:\n    assert e.code == 0\n"
+            "print(sorted(m for m in ('torch', 'lightning', 'wandb') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         check=True)
+    assert out.stdout.splitlines()[-1] == "[]"
+
+
+def _bad_inputs(runs_root: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments of `report` before --out, a part of the message)."""
+    good = runs_root / "s0.01-seed0"
+    (tmp / "empty-folder").mkdir()
+    (tmp / "empty.json").write_text("")
+    (tmp / "empty.txt").write_text("")
+    manifests = {"truncated": '{"runs": {"a": {"status": "fini', "list": '[{"status": "finished"}]',
+                 "no-status": '{"runs": {"a": {"run_dir": "x"}}}', "binary": bytes(range(256))}
+    for name, content in manifests.items():
+        folder = tmp / f"manifest-{name}"
+        folder.mkdir()
+        data = content if isinstance(content, bytes) else content.encode()
+        (folder / "manifest.json").write_bytes(data)
+    corrupt = tmp / "corrupt-run"
+    shutil.copytree(good, corrupt)
+    (corrupt / "metrics.csv").write_bytes(b"step,epoch\n\x80\xff\xfe" + bytes(range(256)))
+    return {
+        "missing": ([str(tmp / "missing")], f"{tmp / 'missing'}: not a run folder, a folder of runs"),
+        "directory-without-runs": ([str(tmp / "empty-folder")], "no finished runs to report"),
+        "empty-manifest": ([str(tmp / "empty.json")], f"{tmp / 'empty.json'}: not a valid sweep manifest"),
+        "empty-file": ([str(tmp / "empty.txt")], f"{tmp / 'empty.txt'}: not a run folder"),
+        "truncated-manifest": ([str(tmp / "manifest-truncated")],
+                               f"{tmp / 'manifest-truncated' / 'manifest.json'}: not a valid sweep manifest"),
+        "binary-manifest": ([str(tmp / "manifest-binary" / "manifest.json")], "not a valid sweep manifest"),
+        "list-manifest": ([str(tmp / "manifest-list")], "not a sweep manifest (expected an object"),
+        "manifest-entry-without-status": ([str(tmp / "manifest-no-status")], "run 'a' has no valid status"),
+        "corrupt-metrics": ([str(corrupt)], ""),  # the file is named once runlog reads through rundir
+        "tail-0": ([str(good), "--tail", "0"], "argument --tail: '0' is not an integer >= 1"),
+        "tail-negative": ([str(good), "--tail", "-3"], "argument --tail: '-3' is not an integer >= 1"),
+        "tail-text": ([str(good), "--tail", "all"], "argument --tail: 'all' is not an integer >= 1"),
+        "group-by-unknown": ([str(good), "--group-by", "model.nope"], "--group-by 'model.nope': no such key"),
+    }
+
+
+BAD = ["missing", "directory-without-runs", "empty-manifest", "empty-file", "truncated-manifest",
+       "binary-manifest", "list-manifest", "manifest-entry-without-status", "corrupt-metrics", "tail-0",
+       "tail-negative", "tail-text", "group-by-unknown"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_inputs_exit_2_with_a_message(case: str, runs_root: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    argv, message = _bad_inputs(runs_root, tmp_path)[case]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:  # any other exception would be a traceback
+        cli_main(["report", *argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "lightning-mem report: error: " in err and "Traceback" not in err
+    assert message in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["existing-file", "under-a-file"])
+def test_out_naming_a_file_exits_2_and_keeps_it(where: str, runs_root: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    mine = tmp_path / "summary.md"
+    mine.write_text("mine")
+    out = mine if where == "existing-file" else mine / "figures"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["report", str(runs_root), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"--out {out}: " in err and "Traceback" not in err
+    assert mine.read_text() == "mine"
+
+
+@pytest.mark.xfail(strict=True, reason="runlog.read_metrics parses metrics.csv itself; once it reads "
+                   "through rundir.read_metrics (RunDirError naming the file) this passes: drop the mark")
+def test_a_corrupt_metrics_csv_is_named(runs_root: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    argv, _ = _bad_inputs(runs_root, tmp_path)["corrupt-metrics"]
     with pytest.raises(SystemExit):
-        main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+        cli_main(["report", *argv, "--out", str(tmp_path / "out")])
+    assert f"{tmp_path / 'corrupt-run' / 'metrics.csv'}: not a metrics.csv" in capsys.readouterr().err

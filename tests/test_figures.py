@@ -1,0 +1,92 @@
+"""The report's figures on hand-written run folders (``config.yaml`` + ``metrics.csv``): the curves'
+mean and spread against numbers worked out by hand, pixel sizes from the layout, and the figures that
+are skipped when their metrics are absent."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from matplotlib.image import imread
+
+from lightning_mem import figures
+from lightning_mem.runlog import Keys, Layout, load_runs
+
+
+def _run(root: Path, name: str, sigma: float, seed: int, rows: list[str], header: str) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    config = {"model": {"net": {"init_args": {"init_std": sigma}}}, "seed_everything": seed}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "metrics.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+
+
+HEADER = "epoch,step,train/acc,val/acc,align/grad/hidden.weight"
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    # σ = 0.1: two seeds; the second has no epoch 2 (shorter run); σ = 1: one seed.
+    _run(root, "a", 0.1, 0, ["0,4,0.5,0.40,0.9", "1,9,0.7,0.50,0.8", "2,14,0.9,0.60,0.7"], HEADER)
+    _run(root, "b", 0.1, 1, ["0,4,0.3,0.20,0.5", "1,9,0.5,0.30,0.4"], HEADER)
+    _run(root, "c", 1.0, 0, ["0,4,0.6,0.10,0.2", "1,9,0.8,0.10,0.1", "2,14,1.0,0.10,0.0"], HEADER)
+    return root
+
+
+def test_mean_curve_averages_the_epochs_all_runs_share(runs: Path) -> None:
+    loaded = {r.path.name: r for r in load_runs([runs])}
+    x, mean, std = figures._mean_curve([loaded["a"], loaded["b"]], "val/acc", "epoch")
+    assert x.tolist() == [0.0, 1.0]  # epoch 2 only in run a
+    assert mean == pytest.approx([0.30, 0.40])  # (0.40 + 0.20) / 2, (0.50 + 0.30) / 2
+    assert std == pytest.approx([0.10, 0.10])  # population std of two values: half their gap
+    x, mean, _ = figures._mean_curve([loaded["a"], loaded["b"]], "align/grad/hidden.weight", "step")
+    assert x.tolist() == [4.0, 9.0] and mean == pytest.approx([0.70, 0.60])
+
+
+def test_a_figure_of_four_panels_is_two_rows_of_three(runs: Path, tmp_path: Path) -> None:
+    loaded = load_runs([runs])
+    layout, keys = Layout.of(loaded), Keys.of(loaded)
+    cols = [("train_acc", "a"), ("val_acc", "b"), ("val_acc_best", "c"), ("align_grad", "d")]
+    path = figures.plot_vs_sigma(loaded, layout, keys, cols, "y", tmp_path / "four.png")
+    assert path == tmp_path / "four.png"
+    # 3 panels of 4.8 × 3.6 in per row at 100 dpi: 1440 px wide, two rows of 360 px.
+    assert imread(path).shape[:2] == (720, 1440)
+
+
+def test_curves_of_one_panel_have_the_panel_size(runs: Path, tmp_path: Path) -> None:
+    loaded = load_runs([runs])
+    path = figures.plot_curves(loaded, Layout.of(loaded), tmp_path)
+    img = imread(path)  # type: ignore[arg-type]
+    assert img.shape[:2] == (360, 480) and img[..., :3].std() > 0.01
+
+
+def test_figures_without_their_metrics_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "runs"
+    for i, sigma in enumerate((0.1, 1.0)):  # no alignment metrics, no accuracies
+        _run(root, f"r{i}", sigma, 0, ["0,4,1.5"], "epoch,step,train/loss")
+    loaded = load_runs([root])
+    layout, keys = Layout.of(loaded), Keys.of(loaded)
+    with caplog.at_level(logging.INFO, logger="lightning_mem"):
+        assert figures.plot_curves(loaded, layout, tmp_path) is None
+        assert figures.plot_alignment_curves(loaded, layout, keys, tmp_path) is None
+        assert figures.plot_acc_vs_alignment(loaded, layout, keys, tmp_path) is None
+        assert figures.plot_vs_sigma(loaded, layout, keys, [("val_acc", "x")], "y", tmp_path / "v.png") \
+            is None
+    assert "skipping curves.png: no train/acc and val/acc" in caplog.text
+    assert "skipping v.png: no val_acc" in caplog.text
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_vs_sigma_is_skipped_when_sigma_is_not_swept(runs: Path, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    loaded = load_runs([runs])
+    layout = Layout.of(loaded, group_by=["seed_everything"])
+    with caplog.at_level(logging.INFO, logger="lightning_mem"):
+        assert figures.plot_vs_sigma(loaded, layout, Keys.of(loaded), [("val_acc", "x")], "y",
+                                     tmp_path / "s.png") is None
+    assert "skipping s.png: σ (init_std) is not swept" in caplog.text
+    assert np.isclose(layout.sigma(loaded[0]) or 0.0, 0.0)  # σ is not a group key here
