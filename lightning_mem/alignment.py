@@ -158,7 +158,7 @@ def class_sums(vectors: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     Labels outside [0, C) are ignored. Chunks add up (and all-reduce by sum across DDP ranks);
     O(C·D) memory for any number of examples. :func:`class_alignment_from_sums` turns the total into Ω_c.
     """
-    v = vectors.reshape(vectors.shape[0], -1).double()
+    v = vectors.reshape(vectors.shape[0], math.prod(vectors.shape[1:])).double()  # (B, D), B may be 0
     onehot = class_indicator(labels, num_classes)  # (B, C)
     sq = (v * v).sum(1, keepdim=True)  # (B, 1)
     stats = torch.cat([v, sq, sq.sqrt(), torch.ones_like(sq)], dim=1)  # (B, D+3)
