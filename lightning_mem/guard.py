@@ -53,13 +53,16 @@ class DivergenceGuard(L.Callback):
 
     Each step's loss is copied into a small buffer on its device (no host sync). The buffer is read
     when ``global_step`` is a multiple of ``check_every_n_steps`` and at each epoch's last batch;
-    the weights are checked too (one ``isfinite`` per parameter) at every epoch end, before each
-    validation and before every checkpoint is written. On a non-finite value the guard logs
-    ``diverged = 1`` and ``diverged_step`` to every logger, then raises :class:`DivergedError`
-    naming the first bad step and the likely cause: the scale of the initialization times the
-    learning rate. Because the check runs inside ``on_save_checkpoint``, no checkpoint with NaN
-    weights is ever written; ``last.ckpt`` stays that of the last good epoch. Under DDP the ranks
-    agree on the decision at every read, so they stop together.
+    the weights are checked too (one ``isfinite`` per parameter, one host transfer for all) at
+    every epoch end, before each validation and before every checkpoint is written. On a
+    non-finite value the guard logs ``diverged = 1`` and ``diverged_step`` (with ``epoch``, like
+    every row of a run) to every logger, then raises :class:`DivergedError` naming the first bad
+    step and the likely cause: the scale of the initialization times the learning rate. Before
+    that row it calls ``flush_metrics(trainer)`` of every callback that has one
+    (:class:`~lightning_mem.callbacks.AlignmentMonitor` keeps its rows on the device), so rows
+    reach the loggers in step order. Because the check runs inside ``on_save_checkpoint``, no
+    checkpoint with NaN weights is ever written; ``last.ckpt`` stays that of the last good epoch.
+    Under DDP the ranks agree on the decision at every read, so they stop together.
 
     Args:
         check_every_n_steps: Read the buffered losses every this many steps (≥ 1). The step named in
@@ -117,11 +120,22 @@ class DivergenceGuard(L.Callback):
         """Raise :class:`DivergedError` on a non-finite buffered loss or (``check_weights``) weight."""
         self._check_losses(trainer, pl_module)
         if self.check_weights:
-            bad = [name for name, p in pl_module.named_parameters() if not bool(torch.isfinite(p).all())]
+            bad = self._nonfinite_parameters(pl_module)
             if bad:
                 names = f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}"
                 reason = f"weights are non-finite ({names})"
                 raise self._diverged(trainer, pl_module, trainer.global_step, reason)
+
+    @staticmethod
+    def _nonfinite_parameters(pl_module: L.LightningModule) -> list[str]:
+        """Names of the parameters holding a NaN or inf: one flag per parameter on its device, one
+        host transfer for all of them."""
+        named = list(pl_module.named_parameters())
+        if not named:
+            return []
+        device = named[0][1].device
+        flags = torch.stack([torch.isfinite(p).all().to(device) for _, p in named]).tolist()
+        return [name for (name, _), finite in zip(named, flags, strict=True) if not finite]
 
     def _check_losses(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         n, steps = len(self._steps), self._steps
@@ -143,8 +157,13 @@ class DivergenceGuard(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, reason: str
     ) -> DivergedError:
         epoch = trainer.current_epoch
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            flush = getattr(callback, "flush_metrics", None)  # rows still buffered (AlignmentMonitor)
+            if callable(flush):
+                flush(trainer)  # first, so that the rows reach the loggers in step order
         for logger in trainer.loggers:
-            logger.log_metrics({"diverged": 1.0, "diverged_step": float(step)}, step=trainer.global_step)
+            row = {"diverged": 1.0, "diverged_step": float(step), "epoch": epoch}
+            logger.log_metrics(row, step=trainer.global_step)
             logger.save()
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else _hparam(pl_module, "lr")
         net = getattr(pl_module, "net", pl_module)
