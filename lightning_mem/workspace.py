@@ -165,11 +165,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         ws = build(args.entity, args.project, name, group_by or list(DEFAULT_GROUP), args.sweep, args.group)
         sys.stdout.write(json.dumps(spec(ws), indent=1) + "\n")
         return
+    import requests
     import wandb
 
+    server_errors = (wandb.errors.Error, requests.exceptions.RequestException, ValueError)
     try:
         runs = _server_runs(args.entity, args.project, args.sweep, args.group)
-    except (wandb.errors.UsageError, wandb.errors.CommError, ValueError) as err:
+    except server_errors as err:
         parser.error(f"W&B: {err} (log in with `wandb login` or set WANDB_API_KEY; --print needs no server)")
     if not runs:
         which = f" for sweep {args.sweep}" if args.sweep else f" in group {args.group}" if args.group else ""
@@ -178,5 +180,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     summaries = [dict(r.summary) for r in runs]
     ws = build(args.entity, args.project, name, group_by or _varied(runs) or list(DEFAULT_GROUP),
                args.sweep, args.group, keys, summaries)
-    ws.save()
+    try:
+        ws.save()
+    except server_errors as err:
+        parser.error(f"W&B: saving the workspace failed: {err}")
     sys.stdout.write(f"{ws.url}\n")
