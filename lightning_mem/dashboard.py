@@ -6,8 +6,8 @@ JSON, so the file opens from disk with no network and can be mailed. Grouping, f
 axis scales are applied in the browser (``dashboard.html``), over this data:
 
 - per run: its status (finished, diverged, failed, interrupted, running), the values of the keys that
-  vary across runs (canonical ``hp.<key>`` first, see :mod:`lightning_mem.runlog`), its final numbers
-  (:func:`runlog.run_numbers`, the same as ``report``), and per-epoch curves: ``train/acc``,
+  vary across runs (canonical ``hp.<key>`` first, see :mod:`lightning_mem.runsets`), its final numbers
+  (:func:`runsets.run_numbers`, the same as ``report``), and per-epoch curves: ``train/acc``,
   ``val/acc``, ``align/grad/<W1>``, ``align/grad/logits``, ``align/rep/<layer>``,
   ``val/align/rep/<layer>``. A metric logged several times in an epoch (training-batch alignment,
   every few steps) is the mean of that epoch's values. x = epoch + 1 (epochs completed), as in

@@ -1,6 +1,6 @@
-"""Runs as data: load run folders and sweep manifests through :mod:`lightning_mem.rundir`, group runs
-by their hyperparameters, and reduce each run to its final numbers. Used by ``report`` (only
-finished and diverged runs) and ``dashboard`` (every status, partial curves included).
+"""Runs as data: load run folders and sweep manifests through :mod:`lightning_mem.rundir`. Used by
+``report`` (only finished and diverged runs) and ``dashboard`` (every status, partial curves
+included; a sweep's failed or interrupted run without any logged row too).
 
 Each :class:`Run` carries its canonical hyperparameters ``hp`` (``hp.json``, or
 :func:`rundir.canonical_hp` of ``config.yaml`` for runs of older versions), its flat config
@@ -158,8 +158,9 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def load_run(path: Path, params: dict[str, Any] | None = None, status: str | None = None) -> Run | None:
     """One run folder; ``params`` (a manifest's CLI keys) fill keys ``config.yaml`` lacks; ``status``
-    (a manifest's final status) overrides ``status.json``. None (logged) without ``metrics.csv``."""
-    if not (path / rundir.METRICS).is_file():
+    (a manifest's final status) overrides ``status.json``. None (logged) without ``metrics.csv``,
+    unless the manifest says the run failed or was interrupted (a run without rows)."""
+    if not (path / rundir.METRICS).is_file() and status not in ("failed", "interrupted"):
         log.warning("skipping %s: no metrics.csv", path)
         return None
     config = _read_config(path)

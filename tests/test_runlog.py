@@ -108,6 +108,8 @@ def test_folders_of_runs_and_manifests(tmp_path: Path) -> None:
         "r2": {"status": "failed", "run_dir": str(sweep / "r2")},
         "r3": {"status": "running", "run_dir": str(sweep / "r3")},
         "r4": {"status": "pending", "run_dir": str(sweep / "r4")},  # never started: no folder
+        "r5": {"status": "failed", "run_dir": str(sweep / "r5")},  # failed before logging a row
+        "r6": {"status": "finished", "run_dir": str(sweep / "r6")},  # no folder: skipped
     }
     (sweep / "manifest.json").write_text(json.dumps({"sweep": "s", "runs": entries}))
     reported = load_runs([sweep / "manifest.json"])
@@ -117,7 +119,8 @@ def test_folders_of_runs_and_manifests(tmp_path: Path) -> None:
     # A folder with a manifest is read through it; each run once.
     everything = load_runs([sweep, sweep / "manifest.json", sweep / "r0"], statuses=None)
     assert [(r.path.name, r.status) for r in everything] == [
-        ("r0", "finished"), ("r1", "diverged"), ("r2", "failed"), ("r3", "running")]
+        ("r0", "finished"), ("r1", "diverged"), ("r2", "failed"), ("r3", "running"), ("r5", "failed")]
+    assert everything[-1].metrics == {} and everything[-1].hp["init_std"] is None
     nested = load_runs([tmp_path / "sweep" / "r2", tmp_path], statuses=None)  # folder of folders, once each
     assert sorted(r.path.name for r in nested) == ["r0", "r1", "r2", "r3"]
 
