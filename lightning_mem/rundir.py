@@ -224,6 +224,17 @@ def read_metrics(path: Path) -> MetricsTable:
     empty = pd.DataFrame({"step": pd.Series(dtype="int64"), "epoch": pd.Series(dtype="float64")})
     if not path.is_file() or path.stat().st_size == 0:
         return MetricsTable(path, empty, empty.astype(bool))
+    text = path.read_bytes().lower()
+    if b"nan" not in text and b"inf" not in text:  # fast path: no logged NaN/inf, so NaN = a blank cell
+        with contextlib.suppress(UnicodeDecodeError, pd.errors.ParserError, ValueError):
+            values = pd.read_csv(path, dtype="float64", keep_default_na=False, na_values=[""],
+                                 encoding="utf-8")
+            if "step" in values.columns and values["step"].notna().all() and (values["step"] % 1 == 0).all():
+                logged = values.notna()
+                values["step"] = values["step"].astype("int64")
+                if "epoch" not in values.columns:
+                    values["epoch"], logged["epoch"] = math.nan, False
+                return MetricsTable(path, values, logged)
     fix = "it is written by Lightning's CSV logger; move the file away or delete the run folder"
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")

@@ -1,0 +1,118 @@
+"""runsets: grouping on the canonical keys, ``--group-by`` spellings, sort order, and the per-run
+numbers against hand-computed values. Run folders are written by Lightning's CSVLogger (test_runlog).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_runlog import Rows, config, epoch_rows, write_run
+
+from lightning_mem.runlog import load_runs
+from lightning_mem.runsets import (
+    Keys,
+    Layout,
+    fmt_mean_std,
+    grouped,
+    label,
+    mean_std,
+    resolve_key,
+    run_numbers,
+    varied_keys,
+)
+
+# ---------------------------------------------------------------- grouping
+
+
+@pytest.fixture
+def grid(tmp_path: Path) -> list[Any]:
+    """σ ∈ {0.01, 10} × activation {sin, relu} × seed {0, 1}; momentum varies with the activation."""
+    rows = epoch_rows([0.5], [0.6])
+    for sigma in (10.0, 0.01):
+        for act, mom in (("sin", 0.0), ("relu", 0.9)):
+            for seed in (0, 1):
+                write_run(tmp_path, f"{act}-{sigma}-{seed}", rows, config(sigma, seed, act, mom))
+    return load_runs([tmp_path])
+
+
+def test_grouping_prefers_the_canonical_keys(grid: list[Any]) -> None:
+    # data.data_dir differs too but is bookkeeping; momentum has no canonical key.
+    assert varied_keys(grid) == ["hp.init_std", "hp.activation", "hp.seed", "model.momentum"]
+    layout = Layout.of(grid)
+    assert layout.group_keys == ["hp.init_std", "hp.activation", "model.momentum"]
+    assert (layout.sigma_key, layout.panel_keys) == ("hp.init_std", ["hp.activation", "model.momentum"])
+    groups = grouped(grid, layout.group)
+    assert list(groups) == [(0.01, "relu", 0.9), (0.01, "sin", 0.0), (10.0, "relu", 0.9), (10.0, "sin", 0.0)]
+    assert all(len(g) == 2 for g in groups.values())
+    assert label(layout.group_keys, (0.01, "relu", 0.9)) == "σ=0.01, activation=relu, momentum=0.9"
+
+
+@pytest.mark.parametrize(("spelling", "key"), [
+    ("init_std", "hp.init_std"), ("hp.init_std", "hp.init_std"), ("model.net.init_std", "hp.init_std"),
+    ("model.net.init_args.init_std", "hp.init_std"), ("seed_everything", "hp.seed"),
+    ("activation", "hp.activation"),
+    ("momentum", "model.momentum"), ("model.momentum", "model.momentum"), ("run.name", "hp.run_name"),
+])
+def test_group_by_spellings_resolve_to_one_key(grid: list[Any], spelling: str, key: str) -> None:
+    assert resolve_key(grid, spelling) == key
+
+
+def test_unknown_group_by_names_the_key_and_the_canonical_keys(grid: list[Any]) -> None:
+    with pytest.raises(ValueError, match=r"--group-by 'colour': no such key; canonical keys: run_name, net,"):
+        Layout.of(grid, ["colour"])
+
+
+def test_sort_order_numbers_first_then_text(grid: list[Any]) -> None:
+    for run, value in zip(grid, ["b", None, 2.0, "a", 1, 3, "c", None], strict=True):
+        run.params["mixed"] = value
+    order = list(grouped(grid, lambda r: (r.get("mixed"),)))
+    assert order == [(1,), (2.0,), (3,), (None,), ("a",), ("b",), ("c",)]  # None by its text, "None"
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def test_run_numbers_against_hand_computed_values(tmp_path: Path) -> None:
+    rows = epoch_rows([0.5, 0.75, 0.875], [0.6, 0.9, 0.8])
+    align = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    rows += [(2 * i, {"align/grad/hidden.weight": a, "align/grad/logits": 1.0, "align/rep/act": 0.25,
+                      "norm/grad_over_weight/hidden.weight": 2.0 ** -i, "epoch": i // 3})
+             for i, a in enumerate(align)]
+    rows += [(5, {"val/align/rep/act": 0.3, "epoch": 0}), (11, {"val/align/rep/act": 0.2, "epoch": 1})]
+    run = load_runs([write_run(tmp_path, "r", rows, config())])[0]
+    keys = Keys.of([run])
+    assert keys == Keys("align/grad/hidden.weight", "align/rep/act", "val/align/rep/act",
+                        "norm/grad_over_weight/hidden.weight")
+    numbers = run_numbers(run, keys, tail=5)
+    assert numbers == {
+        "train_acc": 0.875, "val_acc_best": 0.9, "val_acc": 0.8,
+        "align_grad": pytest.approx((0.7 + 0.6 + 0.5 + 0.4 + 0.3) / 5),  # the last 5 of 7
+        "align_rep": 0.25, "val_align_rep": 0.2,
+        "grad_over_weight": pytest.approx(sum(2.0 ** -i for i in range(7)) / 7),
+    }
+    run.status = "diverged"
+    assert all(math.isnan(v) for v in run_numbers(run, keys).values())
+
+
+def test_keys_resolve_to_a_runs_own_first_layer(tmp_path: Path) -> None:
+    mlp = write_run(tmp_path, "mlp", [(0, {"align/grad/hidden.weight": 0.5, "align/rep/act": 0.1})], config())
+    conv_rows: Rows = [(0, {"align/grad/conv1.weight": 0.25, "align/rep/features": 0.2})]
+    conv = write_run(tmp_path, "conv", conv_rows, config())
+    runs = load_runs([mlp, conv])
+    keys = Keys.of(runs)
+    assert (keys.grad, keys.rep) == ("align/grad/hidden.weight", "align/rep/act")
+    conv_run = next(r for r in runs if r.path.name == "conv")
+    numbers = run_numbers(conv_run, keys)
+    assert numbers["align_grad"] == 0.25 and numbers["align_rep"] == 0.2
+
+
+def test_mean_std_is_the_sample_std_of_finite_values() -> None:
+    assert mean_std([1.0, 2.0, 3.0, math.nan]) == (2.0, 1.0)
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert all(math.isnan(v) for v in mean_std([math.nan]))
+    assert fmt_mean_std(*mean_std([1.0, 2.0, 3.0])) == "2.0000 ± 1.0000" and fmt_mean_std(math.nan, 0) == "–"
+    assert float(np.std([1.0, 2.0, 3.0], ddof=1)) == 1.0
