@@ -238,8 +238,6 @@ def test_out_naming_a_file_exits_2_and_keeps_it(where: str, runs_root: Path, tmp
     assert mine.read_text() == "mine"
 
 
-@pytest.mark.xfail(strict=True, reason="runlog.read_metrics parses metrics.csv itself; once it reads "
-                   "through rundir.read_metrics (RunDirError naming the file) this passes: drop the mark")
 def test_a_corrupt_metrics_csv_is_named(runs_root: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
     argv, _ = _bad_inputs(runs_root, tmp_path)["corrupt-metrics"]
