@@ -1,4 +1,6 @@
-from lightning_mem.cli import main
+"""``python -m lightning_mem ...``: the same command as ``lightning-mem`` (:mod:`lightning_mem.commands`)."""
+
+from lightning_mem.commands import main
 
 if __name__ == "__main__":
     main()

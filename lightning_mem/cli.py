@@ -1,57 +1,61 @@
-"""Command line: ``lightning-mem fit|validate|test --config ...`` plus ``sweep`` and ``report``.
+"""Command line: ``lightning-mem fit|validate|test --config ...``, a LightningCLI on its public hooks.
 
-Only this module reads the command line and the environment. Every run writes into its own
-directory ``<run.root>/<run.name>/<run.id>/``: ``metrics.csv`` and ``hparams.yaml`` (CSV logger),
-``config.yaml`` (the full nested config), ``checkpoints/`` (every epoch and ``last.ckpt``) and
-``wandb/`` when the W&B logger is configured, and ``status.json`` (how the fit ended, see
-:class:`lightning_mem.guard.RunStatus`). Two runs never share a directory: the id is made of the
-start time, the process id and a random suffix unless given, and a folder that already holds a run
-is only reused to resume it (``fit --ckpt_path last`` or a path under its ``checkpoints/``).
+Only this module reads the command line and the environment. Every run writes into its own folder
+``<run.root>/<run.name>/<run.id>/`` (layout: :mod:`lightning_mem.rundir`), which the run claims with an
+exclusive lock for its whole length; a folder that already holds a run is only reused to resume it
+(``fit --ckpt_path last`` or a path under its ``checkpoints/``). The id is made of the start time, the
+process id and a random suffix unless given.
 
-Exit codes: 0 finished; 1 unexpected error; 2 bad config or input (before training);
+Exit codes: 0 finished; 1 unexpected error; 2 bad config or input (before training, nothing changed);
 3 diverged (:data:`EXIT_DIVERGED`; last good checkpoint kept); 143 stopped by SIGTERM
 (:data:`EXIT_SIGTERM`; resume with ``--ckpt_path last``).
 """
 
 from __future__ import annotations
 
-import csv
-import importlib
+import contextlib
 import logging
 import os
 import secrets
 import sys
-import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from jsonargparse import Namespace
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from omegaconf.errors import OmegaConfBaseException
 
+from lightning_mem import rundir
+from lightning_mem.checkpoints import (
+    CheckpointError,
+    config_differences,
+    default_overrides,
+    load_checkpoint,
+    state_differences,
+)
 from lightning_mem.data import DATASETS, ImageClassificationData
 from lightning_mem.guard import DivergedError, DivergenceGuard, RunStatus
+from lightning_mem.loggers import configure_loggers, setup_wandb_run
 from lightning_mem.module import MemorizationModule
+from lightning_mem.precision import precision_risk, reduced_precision, tf32_policy
 
 log = logging.getLogger(__name__)
 
 RUN_ID_ENV = "LIGHTNING_MEM_RUN_ID"
 EXIT_DIVERGED = 3  # a non-finite loss or weight stopped the fit; status.json says "diverged"
 EXIT_SIGTERM = 143  # 128 + SIGTERM, as a shell reports it; status.json says "interrupted"
-METRICS_FILE = "metrics.csv"
-# Subcommands that are not Lightning's: name -> module with ``main(argv)``.
-TOOLS = {"sweep": "lightning_mem.sweep", "report": "lightning_mem.report", "theorem1": "lightning_mem.theory"}
-LOGGER_CLASSES = {
-    "CSVLogger": "lightning.pytorch.loggers.CSVLogger",
-    "WandbLogger": "lightning.pytorch.loggers.WandbLogger",
-    "TensorBoardLogger": "lightning.pytorch.loggers.TensorBoardLogger",
-}
+INTERPOLATION_HELP = (
+    "supported: ${key} refers to a key of the config after every --config file is merged, written in a "
+    "config file as ${model.lr} and on the command line with the subcommand, e.g. "
+    "--model.loss_scale '${fit.model.lr}'"
+)
 
 
 def new_run_id() -> str:
@@ -77,22 +81,69 @@ def _data_seed(seed: Any) -> int:
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
 
 
+def _scan(argv: Sequence[str]) -> tuple[str | None, str | None]:
+    """(subcommand, --ckpt_path value) from a raw argument list, before parsing."""
+    sub = next((a for a in argv if a in MemCLI.subcommands()), None)
+    ckpt = None
+    for i, arg in enumerate(argv):
+        if arg == "--ckpt_path" and i + 1 < len(argv):
+            ckpt = argv[i + 1]
+        elif arg.startswith("--ckpt_path="):
+            ckpt = arg.split("=", 1)[1]
+    return sub, ckpt
+
+
 class ConfigToRun(SaveConfigCallback):
-    """Saves the full nested config as ``config.yaml`` in the run directory and pushes it into
-    the config of every W&B run, so dashboards can filter on ``model.*`` and ``data.*``."""
+    """Saves the full nested config as ``config.yaml`` and the canonical hyperparameters as ``hp.json``
+    in the run folder, and gives both to every W&B run (with its metric definitions)."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        config = self.config.clone()
-        config.pop("run_dir", None)
-        flat = {k: v for k, v in config.as_dict().items() if k not in ("config", "trainer")}
-        flat["trainer"] = {k: v for k, v in config.as_dict().get("trainer", {}).items() if k != "callbacks"}
+        config = self.config.as_dict()
+        hp = rundir.canonical_hp(config)
+        run = config["run"]  # resolved by the CLI; not trainer.log_dir, a collective call (rank 0 only here)
+        rundir.write_hp(rundir.run_path(run["root"], run["name"], run["id"]), hp)
+        nested = {k: v for k, v in config.items() if k not in ("config", "trainer")}
+        nested["trainer"] = {k: v for k, v in config.get("trainer", {}).items() if k != "callbacks"}
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.experiment.config.update(flat, allow_val_change=True)
+                setup_wandb_run(logger.experiment, nested, hp)
 
 
 class MemCLI(LightningCLI):
-    """LightningCLI with the data→model links and the per-run directory layout."""
+    """LightningCLI with the data→model links, the run folder, checkpoint checks and the precision policy.
+
+    Public hooks only: extra arguments in :meth:`add_arguments_to_parser`, the checkpoint's config as
+    parser defaults in :meth:`parse_arguments`, the run folder in :meth:`before_instantiate_classes`, the
+    default callbacks through :meth:`instantiate_trainer`'s ``callbacks`` argument, and the run folder
+    claimed in ``before_fit``/``before_validate``/``before_test``. Errors go through ``self.parser.error``
+    (exit 2).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.subcommand: str | None = None
+        self.run_dir: Path | None = None
+        self.checkpoint: dict[str, Any] | None = None  # the --ckpt_path checkpoint, loaded and checked
+        self.resume_ckpt: Path | None = None  # set when a fit resumes into its own run folder
+        self.run_lock: rundir.FolderLock | None = None
+        self._started = False
+        self._held = contextlib.ExitStack()  # the run folder's lock and the precision settings
+        try:
+            super().__init__(*args, **kwargs)
+        except DivergedError as err:
+            log.error("%s", err)  # status.json in the run folder says "diverged"
+            raise
+        except SIGTERMException:
+            log.error("Stopped by SIGTERM; resume with `lightning-mem fit ... --ckpt_path last`")
+            raise
+        finally:
+            self._held.close()
+            if self._started and self.subcommand == "fit" and self.run_dir and _global_rank() == 0:
+                log.info("fit %s", rundir.summary_line(self.run_dir))
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test (``predict`` is not offered: the module has no prediction output)."""
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run.root", type=str, default="runs", help="Root folder of all runs.")
@@ -106,21 +157,76 @@ class MemCLI(LightningCLI):
             help="Run folder under run.root/run.name (default: a new unique id; "
             "taken from --ckpt_path on resume).",
         )
+        parser.add_argument(
+            "--precision.tf32", type=bool, default=False,
+            help="Allow TF32 for float32 matmuls and cuDNN convolutions on CUDA (default: full FP32, as the "
+            "paper; TF32 changes sin/sigmoid/tanh(W1·x) by O(1) at σ ≥ 1).",
+        )
+        parser.add_argument(
+            "--precision.accept_large_sigma_error", type=bool, default=False,
+            help="Run a sin/sigmoid/tanh net at init_std ≥ 1 under TF32 or 16-bit precision anyway "
+            "(refused otherwise; see README 'Precision').",
+        )
         # Shared by data and model: stated once, by the dataset's row in the table.
         parser.link_arguments("data.dataset", "model.net.init_args.num_classes", compute_fn=_num_classes)
         parser.link_arguments("data.dataset", "model.net.init_args.input_shape", compute_fn=_input_shape)
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_data_seed)
+
+    # ------------------------------------------------------------------ parsing and the checkpoint
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, with a ``--ckpt_path`` checkpoint loaded first: for ``validate``/``test`` its model and
+        data config become the defaults (``--ckpt_path`` alone rebuilds the network); a config whose model
+        differs from the checkpoint's is refused, naming what differs."""
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, (dict, Namespace)) else []
+        sub, ckpt = _scan(argv)
+        if sub is not None and ckpt not in (None, "last"):
+            try:
+                self.checkpoint = load_checkpoint(Path(str(ckpt)))
+            except CheckpointError as err:
+                parser.error(str(err))
+            if sub != "fit":  # a fit keeps its own config: it must match, not follow, the checkpoint
+                parser.set_defaults(default_overrides(self.checkpoint, sub))
+        elif sub in ("validate", "test") and ckpt == "last":
+            parser.error("--ckpt_path last resumes a fit; validate and test take a checkpoint file, e.g. "
+                         "--ckpt_path runs/<name>/<id>/checkpoints/last.ckpt")
+        try:
+            super().parse_arguments(parser, args)
+        except OmegaConfBaseException as err:
+            parser.error(f"{type(err).__name__}: {str(err).splitlines()[0]}; {INTERPOLATION_HELP}")
+        parsed = self.config.get("subcommand")
+        if self.checkpoint is not None and parsed is not None:
+            self._check_model_config(self.config[parsed], str(ckpt))
+
+    def _check_model_config(self, config: Namespace, ckpt: str) -> None:
+        assert self.checkpoint is not None
+        differences = config_differences(self.checkpoint, config.model.as_dict())
+        if differences:
+            fix = ("resume with the model options of that run, or leave --ckpt_path out for a new run"
+                   if self.config.get("subcommand") == "fit" else
+                   "drop those options (validate and test take the checkpoint's), or give a checkpoint "
+                   "of this model")
+            self.parser.error(f"--ckpt_path {ckpt} does not fit the config: {'; '.join(differences)}; {fix}")
+
+    # ------------------------------------------------------------------ the run folder
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         try:
             run_dir = self._resolve_run_dir(config)
             if self.subcommand is not None:  # run=False (notebooks) writes nothing
-                self._check_run_dir(config, run_dir)
-        except ValueError as err:
-            self._parser(self.subcommand).error(str(err))
-        self._configure_loggers(config, run_dir)
+                rundir.check_writable(run_dir, f"the run folder {run_dir} (run.root={config.run.root!r}, "
+                                      f"run.name={config.run.name!r}, run.id={config.run.id!r})")
+                self._check_precision(config)
+        except (ValueError, CheckpointError) as err:
+            self.parser.error(str(err))
+        resume = None
+        if self.resume_ckpt is not None and self.checkpoint is not None:
+            resume = (int(self.checkpoint["global_step"]), int(self.checkpoint.get("epoch", 0)))
+        configure_loggers(config.trainer, config.run, run_dir, resume)
         self.run_dir = run_dir
+        if self.subcommand is not None:
+            self._held.enter_context(tf32_policy(bool(config.precision.tf32)))
 
     def _resolve_run_dir(self, config: Namespace) -> Path:
         run = config.run
@@ -130,197 +236,181 @@ class MemCLI(LightningCLI):
         ckpt = config.get("ckpt_path")
         if self.subcommand == "fit" and ckpt and not run.id:
             if ckpt == "last":
-                candidates = sorted(
-                    Path(run.root, run.name).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime
-                )
-                if not candidates:
+                rundir.check_name("run.name", run.name)
+                found = rundir.newest_run_with_checkpoint(run.root, run.name)
+                if found is None:
                     raise ValueError(
                         f"--ckpt_path last: no last.ckpt under {Path(run.root, run.name).resolve()}"
                         "/*/checkpoints; give --run.id of the run to resume or a checkpoint path"
                     )
-                run.id = candidates[-1].parent.parent.name
-            elif Path(ckpt).parent.name == "checkpoints":
+                run.id = found.name
+            elif Path(ckpt).parent.name == rundir.CHECKPOINTS:
                 run_dir = Path(ckpt).parent.parent
                 run.root, run.name, run.id = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
         if not run.id:
             # DDP re-launches this command once per rank: the first process chooses the id.
             run.id = os.environ.get("WANDB_RUN_ID") or os.environ.get(RUN_ID_ENV) or new_run_id()
+        run_dir = rundir.run_path(run.root, run.name, run.id)  # one folder name each, or RunDirError
         os.environ[RUN_ID_ENV] = run.id
-        run_dir = Path(run.root, run.name, run.id)
-        self.resume_ckpt: Path | None = None  # the checkpoint a fit resumes into run_dir from
         if self.subcommand == "fit" and ckpt:
-            last = run_dir / "checkpoints" / "last.ckpt"
-            path = last if ckpt == "last" else Path(ckpt)
-            if not path.is_file():
-                what = f"no {last}" if ckpt == "last" else "no such checkpoint file"
-                raise ValueError(f"ckpt_path={ckpt!r}: {what}; give an existing .ckpt, or 'last' for a run "
-                                 "that finished at least one epoch")
-            if path.resolve().parent == (run_dir / "checkpoints").resolve():
+            path = rundir.last_checkpoint(run_dir) if ckpt == "last" else Path(ckpt)
+            if self.checkpoint is None:  # "last": found only now
+                self.checkpoint = load_checkpoint(path)
+                self._check_model_config(config, str(path))
+            if path.resolve().parent == (run_dir / rundir.CHECKPOINTS).resolve():
                 self.resume_ckpt = path
         return run_dir
 
-    def _check_run_dir(self, config: Namespace, run_dir: Path) -> None:
-        """Fail before training if the run folder cannot be written or already holds another run."""
-        run = config.run
-        ancestor = run_dir
-        while not ancestor.exists() and ancestor != ancestor.parent:  # file/x does not exist: walk up
-            ancestor = ancestor.parent
-        where = f"the run folder {run_dir} (run.root={run.root!r}, run.name={run.name!r}, run.id={run.id!r})"
-        if not ancestor.is_dir():
-            raise ValueError(f"{where} cannot be created: {ancestor} is a file, not a directory; "
-                             "set --run.root to a writable directory")
-        try:
-            with tempfile.TemporaryFile(dir=ancestor):
-                pass
-        except OSError as err:
-            raise ValueError(f"{where} cannot be written: {ancestor}: {err.strerror or err}; "
-                             "set --run.root to a writable directory") from err
-        taken = [p.name for p in (run_dir / METRICS_FILE, run_dir / "checkpoints") if p.exists()]
-        # A DDP rank > 0 re-runs this command to join the run that rank 0 started: no check there.
-        if taken and self.resume_ckpt is None and _global_rank() == 0:
-            raise ValueError(
-                f"run.id={run.id!r}: {run_dir} already holds a run ({', '.join(taken)}); resume it with "
-                "`fit --ckpt_path last` (or a checkpoint path under its checkpoints/), or leave --run.id "
-                "unset for a new run"
-            )
+    @staticmethod
+    def _check_precision(config: Namespace) -> None:
+        """Refuse TF32/16-bit precision for a sin/sigmoid/tanh net at σ ≥ 1 unless accepted (then warn)."""
+        reduced = reduced_precision(bool(config.precision.tf32), config.trainer.get("precision"))
+        net_args = config.model.net.get("init_args") or Namespace()
+        risk = precision_risk(reduced, net_args.get("activation"), net_args.get("init_std"))
+        if risk and not config.precision.accept_large_sigma_error:
+            raise ValueError(f"{risk}. Train in FP32 (the default: drop the option), or pass "
+                             "--precision.accept_large_sigma_error true to run it anyway")
+        if risk:
+            log.warning("PRECISION WARNING: %s. Running anyway (--precision.accept_large_sigma_error).", risk)
 
-    def _configure_loggers(self, config: Namespace, run_dir: Path) -> None:
-        """CSV logging always; every configured logger writes into ``run_dir``."""
-        trainer = config.trainer
-        loggers = trainer.logger
-        if loggers is False:
+    def _claim_run_dir(self) -> None:
+        """Take the run folder's lock for the rest of this run, then check it holds no other run.
+
+        The lock (``rundir.FolderLock``: flock, released by the kernel when the process dies) makes
+        claiming atomic: of two fits started at once with one ``--run.id``, the second stops here naming
+        the first's pid. A folder that already holds a run is not touched unless resumed. Rank 0 only: the
+        other DDP ranks join rank 0's run.
+        """
+        assert self.run_dir is not None
+        if _global_rank() != 0:
             return
-        if loggers is None or loggers is True:
-            loggers = []
-        elif not isinstance(loggers, list):
-            loggers = [loggers]
-        names = [str(lg.class_path).rsplit(".", 1)[-1] for lg in loggers]
-        if "CSVLogger" not in names:
-            loggers.insert(0, Namespace(class_path=LOGGER_CLASSES["CSVLogger"], init_args=Namespace()))
-            names.insert(0, "CSVLogger")
-        run = config.run
-        for lg, name in zip(loggers, names, strict=True):
-            args = lg.init_args if lg.get("init_args") is not None else Namespace()
-            lg.init_args = args
-            if name in ("CSVLogger", "TensorBoardLogger"):
-                args.save_dir, args.name, args.version = run.root, run.name, run.id
-            elif name == "WandbLogger":
-                args.save_dir = str(run_dir)
-                args.name = args.get("name") or f"{run.name}/{run.id}"
-                args.group = args.get("group") or run.name
-                args.id = args.get("id") or run.id
-                args.resume = "allow"  # a resumed fit continues the same W&B run
-                if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") is None:
-                    args.offline = True  # no credentials: an offline run that `wandb sync` uploads later
-                run_dir.mkdir(parents=True, exist_ok=True)
-        # CSV first, so trainer.log_dir (config.yaml) and the checkpoints land in run_dir.
-        order = sorted(range(len(loggers)), key=lambda i: names[i] != "CSVLogger")
-        trainer.logger = [loggers[i] for i in order]
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        what = f"run folder {self.run_dir} (run.id={config.run.id!r})"
+
+        def refuse_if_taken() -> None:
+            taken = rundir.holds_run(self.run_dir)  # type: ignore[arg-type]
+            if taken and self.resume_ckpt is None:
+                self.parser.error(
+                    f"run.id={config.run.id!r}: {self.run_dir} already holds a run ({', '.join(taken)}); "
+                    "resume it with `fit --ckpt_path last` (or a checkpoint path under its checkpoints/), or "
+                    "leave --run.id unset for a new run"
+                )
+
+        # Read-only first: a folder in use or holding a finished run is not touched at all.
+        holder = rundir.lock_holder(self.run_dir)
+        if holder is not None:
+            self.parser.error(rundir.in_use_message(what, holder))
+        refuse_if_taken()
+        try:
+            self.run_lock = self._held.enter_context(rundir.FolderLock(self.run_dir, what))
+        except rundir.LockedError as err:
+            self.parser.error(str(err))
+        refuse_if_taken()  # again under the lock: another process may have claimed it meanwhile
+
+    # ------------------------------------------------------------------ instantiation
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except (ValueError, FileNotFoundError, MisconfigurationException) as err:
             # Bad values found by the classes' (and the Trainer's) own checks: a message, not a traceback.
-            self._parser(self.subcommand).error(str(err))
-
-    def _check_data(self) -> None:
-        """Load the data before training, so missing or corrupt files fail with a message."""
-        try:
-            self.datamodule.prepare_data()
-            self.datamodule.setup("fit")
-        except (ValueError, FileNotFoundError, RuntimeError) as err:
-            self._parser(self.subcommand).error(str(err))
-
-    def before_fit(self) -> None:
-        self._check_data()
-        if self.resume_ckpt is not None:
-            self._keep_metrics_on_resume(self.resume_ckpt)
-
-    def _keep_metrics_on_resume(self, ckpt: Path) -> None:
-        """Carry the rows up to the checkpoint's step into the resumed run's ``metrics.csv``.
-
-        Lightning's CSV logger deletes an existing ``metrics.csv`` when it opens its folder. The file
-        is first moved aside (an atomic rename), the logger opened, the rows up to the checkpoint's
-        ``global_step`` written back, and only then the copy removed: a kill at any point leaves the
-        rows in one of the two files, and the next resume takes them from there. Rows logged after
-        the checkpoint are dropped; the resumed run logs those steps again.
-        """
-        loggers = [lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)]
-        current = Path(self.run_dir, METRICS_FILE)
-        kept = current.with_name("metrics.resume.csv")
-        if not loggers or _global_rank() != 0:
-            return
-        if current.is_file():
-            os.replace(current, kept)
-        if not kept.is_file():
-            return
-        step = int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", 0))
-        with kept.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
-        writer = loggers[0].experiment  # opening it would delete a metrics.csv; there is none now
-        writer.metrics = rows + writer.metrics
-        writer.save()
-        kept.unlink()
-
-    def before_validate(self) -> None:
-        self._check_data()
-
-    def before_test(self) -> None:
-        self._check_data()
+            self.parser.error(str(err))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
-        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        callbacks = trainer_config.get("callbacks") or []
-        # A non-finite loss or weight stops the fit before a checkpoint of it is written; every
-        # fit records how it ended in status.json (both can be configured explicitly instead).
+        """The configured Trainer plus our default callbacks (unless configured explicitly): a
+        :class:`DivergenceGuard`, a :class:`RunStatus` writing ``status.json`` and a ``ModelCheckpoint``
+        at every epoch end (newest kept) and ``last.ckpt``, both in the run folder."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_config = config.get("trainer") or {}
+        configured = trainer_config.get("callbacks") or []
+        callbacks = list(configured) if isinstance(configured, list) else [configured]
         if not any(isinstance(c, DivergenceGuard) for c in callbacks):
-            extra.append(DivergenceGuard())
+            callbacks.append(DivergenceGuard())
         if not any(isinstance(c, RunStatus) for c in callbacks):
-            extra.append(RunStatus(dirpath=str(self.run_dir)))
+            callbacks.append(RunStatus(dirpath=str(self.run_dir)))
         if trainer_config.get("enable_checkpointing") is not False and not any(
             isinstance(c, ModelCheckpoint) for c in callbacks
         ):
-            # A checkpoint at every epoch end (the newest kept) and last.ckpt, in the run folder.
-            extra.append(
-                ModelCheckpoint(dirpath=self.run_dir / "checkpoints", filename="epoch{epoch}",
+            callbacks.append(
+                ModelCheckpoint(dirpath=Path(str(self.run_dir), rundir.CHECKPOINTS), filename="epoch{epoch}",
                                 auto_insert_metric_name=False, save_last=True, every_n_epochs=1)
             )
-        return self._instantiate_trainer(trainer_config, extra)
+        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+
+    # ------------------------------------------------------------------ before each subcommand
+
+    def _before_run(self, stage: str) -> None:
+        """Checks that need the instantiated classes, then the claim of the run folder; nothing is
+        written before these pass."""
+        try:
+            self.datamodule.prepare_data()
+            self.datamodule.setup(stage)
+        except (ValueError, FileNotFoundError, RuntimeError) as err:
+            self.parser.error(str(err))
+        if self.checkpoint is not None:
+            differences = state_differences(self.checkpoint, self.model)
+            if differences:
+                self.parser.error(f"--ckpt_path does not fit the model the config builds: "
+                                  f"{'; '.join(differences[:3])}")
+        self._claim_run_dir()
+        self._started = True
+
+    def before_fit(self) -> None:
+        self._before_run("fit")
+
+    def before_validate(self) -> None:
+        self._before_run("validate")
+
+    def before_test(self) -> None:
+        self._before_run("test")
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> MemCLI:
     """The configured CLI; ``run=False`` only parses and instantiates (for notebooks and tests)."""
+    # omegaconf+ resolves ${...} on the whole config, whose root holds the subcommand (fit.model.lr); this
+    # makes ${model.lr} in a config file mean the key of the file's own tree, as users write it.
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     return MemCLI(
         MemorizationModule,
         ImageClassificationData,
         seed_everything_default=0,
         save_config_callback=ConfigToRun,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"},
+        trainer_defaults={"devices": 1},  # one device unless asked: `auto` would take every GPU and DDP
+        parser_kwargs={"parser_mode": "omegaconf+"},  # ${key} resolved once, after every --config is merged
         args=args,
         run=run,
         auto_configure_optimizers=False,
     )
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of ``lightning-mem`` and ``python -m lightning_mem``."""
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] in TOOLS:
-        importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
-        return
+def _log_to_stderr() -> None:
+    """Our INFO lines (the fit summary) on stderr when nothing else configured logging."""
+    ours = logging.getLogger("lightning_mem")
+    if not logging.getLogger().handlers and not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+
+
+def run(args: Sequence[str] | None) -> None:
+    """``lightning-mem fit|validate|test ...``; exits 3 when diverged, 143 on SIGTERM."""
+    _log_to_stderr()
     own_id = RUN_ID_ENV not in os.environ  # exported for DDP children during this call only
     try:
-        build_cli(args)
-    except DivergedError as err:
-        log.error("%s", err)  # status.json in the run folder says "diverged"
+        build_cli(None if args is None else list(args))
+    except DivergedError:  # logged with the run's summary line
         raise SystemExit(EXIT_DIVERGED) from None
     except SIGTERMException:
-        log.error("Stopped by SIGTERM; resume with `lightning-mem fit ... --ckpt_path last`")
         raise SystemExit(EXIT_SIGTERM) from None
     finally:
-        if own_id:  # a second main() in this process (a notebook) starts a new run
+        if own_id:  # a second run in this process (a notebook) starts a new run
             os.environ.pop(RUN_ID_ENV, None)
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lightning-mem ...`` in this process: every subcommand (see :mod:`lightning_mem.commands`)."""
+    from lightning_mem.commands import main as dispatch
+
+    dispatch(args)

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
-from lightning_mem.nets import check_choice
+from lightning_mem.checks import check_choice
 
 DatasetName = Literal["mnist5k", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"]
 Normalization = Literal["per_image", "dataset", "none"]

@@ -187,11 +187,20 @@ class DivergenceGuard(L.Callback):
 class RunStatus(L.Callback):
     """Records how a fit ended in ``<dirpath>/status.json``, for sweep runners and dashboards.
 
-    ``{"status": ...}`` is ``running`` (with ``pid`` and ``host``) from the fit's start, then
-    ``finished``, ``diverged`` (with ``step``, ``epoch``, ``reason``), ``interrupted`` (SIGTERM or
-    Ctrl-C; resume with ``--ckpt_path last``) or ``failed`` (with ``reason``). A run killed with
-    SIGKILL stays ``running`` with a dead ``pid``. Each record also has ``global_step``, ``epoch``
-    and ``time``. Written on global rank 0 only, atomically.
+    ``status`` is ``running`` (with ``pid`` and ``host``) from the fit's start, then ``finished``,
+    ``diverged``, ``interrupted`` (SIGTERM or Ctrl-C, with ``reason``; resume with ``--ckpt_path last``)
+    or ``failed`` (with ``reason``). A run killed with SIGKILL stays ``running`` with a dead ``pid``.
+    Written on global rank 0 only, atomically. Every record has:
+
+    - ``global_step``: optimizer steps completed when the record was written (``trainer.global_step``;
+      for a finished run, its total number of steps);
+    - ``epoch``: ``trainer.current_epoch`` then — the epoch in progress, or for a finished run the
+      number of epochs trained;
+    - ``time``.
+
+    A ``diverged`` record adds ``diverged_step``: the first optimizer step (counted from 0, the
+    ``step`` of ``metrics.csv``) whose loss or weights were non-finite — ``global_step`` is where the
+    guard noticed, up to ``check_every_n_steps`` later — and ``reason`` and ``message``.
 
     At every training epoch start the loggers are flushed (``logger.save()``), so the rows of every
     finished epoch are on disk before the next one starts: a run killed at any point loses at most
@@ -204,7 +213,6 @@ class RunStatus(L.Callback):
     def __init__(self, dirpath: str | None = None) -> None:
         super().__init__()
         self.dirpath = dirpath
-
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None and trainer.log_dir is not None:
@@ -231,7 +239,7 @@ class RunStatus(L.Callback):
         if trainer.state.fn != "fit":
             return
         if isinstance(exception, DivergedError):
-            self._write(trainer, "diverged", step=exception.step, reason=exception.reason,
+            self._write(trainer, "diverged", diverged_step=exception.step, reason=exception.reason,
                         message=str(exception))
         elif isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             kind = "SIGTERM" if isinstance(exception, SIGTERMException) else "KeyboardInterrupt"

@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-PerExampleLoss = Callable[[Tensor, Tensor], Tensor]
-
 
 def cross_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
     """Softmax cross-entropy of ``logits / temperature``; (B, k), (B,) -> (B,)."""

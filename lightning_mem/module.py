@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
+from lightning_mem.checks import check_choice
 from lightning_mem.losses import LOSSES
-from lightning_mem.nets import check_choice
 
 LossName = Literal["cross_entropy", "hinge", "squared"]
+
+
+class MaskedMean(Metric):
+    """Σ value·mask / Σ mask over an epoch, with sum states on the device (no host sync per update; summed
+    across DDP ranks). ``MeanMetric(nan_strategy="disable")`` silently ignores its ``weight`` argument
+    (torchmetrics 1.9: the weights are replaced by ones), so the clean/noisy accuracies need this."""
+
+    full_state_update = False
+    total: Tensor
+    count: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, mask: Tensor) -> None:
+        """``value`` (B,) and ``mask`` (B,) of 0/1 (or bool)."""
+        weight = mask.to(value.dtype)
+        self.total += (value * weight).sum()
+        self.count += weight.sum()
+
+    def compute(self) -> Tensor:
+        return self.total / self.count  # NaN for an epoch without such examples
 
 
 def _mean() -> MeanMetric:
@@ -61,7 +87,7 @@ class MemorizationModule(L.LightningModule):
         for name, value in (("momentum", momentum), ("weight_decay", weight_decay)):
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name}={value!r} must be a finite number >= 0")
-        self.save_hyperparameters(ignore=["net"])
+        self._save_hyperparameters(net)
         self.net = net
         self._loss = LOSSES[loss]
         self.loss_scale = loss_scale
@@ -77,10 +103,27 @@ class MemorizationModule(L.LightningModule):
         # Accuracy is the mean of per-example correctness (micro accuracy); MeanMetric keeps the
         # running sums on the device, so logging them does not sync the host every step.
         self.train_loss, self.train_acc = _mean(), _mean()
-        self.train_acc_clean, self.train_acc_noisy = _mean(), _mean()
+        self.train_acc_clean, self.train_acc_noisy = MaskedMean(), MaskedMean()
         self.val_loss, self.val_acc = _mean(), _mean()
         self.test_loss, self.test_acc = _mean(), _mean()
         self._label_noise = False
+
+    def _save_hyperparameters(self, net: nn.Module) -> None:
+        """Record the config in ``hparams`` (and so in every checkpoint).
+
+        Under LightningCLI, ``save_hyperparameters`` stores what was parsed: ``net`` as its
+        ``class_path`` and ``init_args``, so ``validate``/``test --ckpt_path`` and
+        ``MemorizationModule.load_from_checkpoint(path)`` rebuild the network. Built by hand (a notebook),
+        ``net`` is a module object: it is left out (its weights are in the state dict; pass ``net=`` to
+        ``load_from_checkpoint``).
+        """
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None  # __init__'s frame: its arguments
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters(frame=caller)
+        if isinstance(self.hparams.get("net"), nn.Module):
+            self.save_hyperparameters(ignore=["net"], frame=caller)  # drops it, re-snapshots hparams_initial
 
     def loss_fn(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Per-example loss (B,) with this module's loss and scale."""
@@ -103,13 +146,13 @@ class MemorizationModule(L.LightningModule):
         self.train_acc.update(correct)
         if self._label_noise and len(batch) > 2:
             noisy = batch[2]
-            # Weighting by the mask keeps one update per step and no host sync for empty subsets.
-            self.train_acc_clean.update(correct, weight=(~noisy).float())
-            self.train_acc_noisy.update(correct, weight=noisy.float())
+            # Masking (not indexing) keeps one update per step and no host sync for empty subsets.
+            self.train_acc_clean.update(correct, ~noisy)
+            self.train_acc_noisy.update(correct, noisy)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        metrics = {"train/loss": self.train_loss, "train/acc": self.train_acc}
+        metrics: dict[str, Metric] = {"train/loss": self.train_loss, "train/acc": self.train_acc}
         if self._label_noise:
             metrics |= {"train/acc_clean": self.train_acc_clean, "train/acc_noisy": self.train_acc_noisy}
         for key, metric in metrics.items():

@@ -14,6 +14,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from lightning_mem.checks import check_choice
+
 Activation = Literal["sin", "relu", "sigmoid", "tanh", "linear", "gelu"]
 
 
@@ -34,20 +36,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
-    """Raise ``ValueError`` naming the argument, the bad value and the allowed ones."""
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(str, allowed))}")
-
-
 def check_init_std(init_std: float | None) -> None:
     if init_std is not None and not (init_std > 0 and math.isfinite(init_std)):
         raise ValueError(f"init_std={init_std!r} must be a positive finite number, or null for Glorot init")
-
-
-def glorot_std(fan_in: int, fan_out: int) -> float:
-    """Std of Glorot-uniform init, U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
-    return math.sqrt(2.0 / (fan_in + fan_out))
 
 
 class ScaledMLP(nn.Module):

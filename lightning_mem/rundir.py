@@ -7,6 +7,7 @@ writes the rows of ``metrics.csv`` itself). It imports neither torch nor Lightni
 
     <root>/<name>/<id>/            one run (--run.root, --run.name, --run.id)
         metrics.csv                every logged row: step, epoch and the metric keys (CSV logger)
+        metrics.resume.csv         only while a resume carries the rows over (see restore_metrics)
         config.yaml                the full nested config (LightningCLI)
         hp.json                    the canonical hyperparameters (:data:`HP_KEYS`), flat
         hparams.yaml               the module's hyperparameters (CSV logger)
@@ -42,6 +43,7 @@ from typing import IO, Any
 log = logging.getLogger(__name__)
 
 METRICS = "metrics.csv"
+METRICS_RESUME = "metrics.resume.csv"  # metrics.csv set aside while a resume carries its rows over
 CONFIG = "config.yaml"
 HP = "hp.json"
 STATUS = "status.json"
@@ -101,6 +103,24 @@ def newest_run_with_checkpoint(root: str | Path, name: str) -> Path | None:
 def find_run_dirs(path: Path) -> list[Path]:
     """Run folders (with a ``metrics.csv``) at any depth under ``path``, sorted; W&B folders skipped."""
     return sorted(p.parent for p in path.rglob(METRICS) if "wandb" not in p.relative_to(path).parts[:-1])
+
+
+def check_writable(run_dir: Path, where: str) -> None:
+    """:class:`RunDirError` unless ``run_dir`` exists as a folder or can be created and written; nothing is
+    created (a temporary file in the nearest existing ancestor is written and removed). ``where`` names
+    the folder and the options that chose it in the message."""
+    ancestor = run_dir
+    while not ancestor.exists() and ancestor != ancestor.parent:  # file/x does not exist: walk up
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunDirError(f"{where} cannot be created: {ancestor} is a file, not a directory; "
+                          "set --run.root to a writable directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise RunDirError(f"{where} cannot be written: {ancestor}: {err.strerror or err}; "
+                          "set --run.root to a writable directory") from err
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -274,6 +294,81 @@ def read_metrics_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), rows
 
 
+def _row_before(row: Mapping[str, str], step: int, epoch: int) -> bool:
+    """Whether a ``metrics.csv`` row was logged before a resume from a checkpoint at (``step``, ``epoch``).
+
+    A checkpoint at the end of epoch e holds ``global_step`` s: rows at steps < s came before it. Rows at
+    step s belong to epoch e's end (its validation) when their ``epoch`` is ≤ e, or to epoch e + 1's first
+    batch, which the resumed run logs again; a row at step s without an epoch is kept (older logs).
+    """
+    row_step = int(row["step"]) if row.get("step", "").isdigit() else None
+    if row_step is None or row_step > step:
+        return False
+    if row_step < step:
+        return True
+    row_epoch = row.get("epoch", "")
+    try:
+        return not row_epoch or float(row_epoch) <= epoch
+    except ValueError:
+        return False
+
+
+def set_metrics_aside(run_dir: Path) -> None:
+    """First half of carrying ``metrics.csv`` over a resume: move it to ``metrics.resume.csv`` (an atomic
+    rename), so that Lightning's CSV logger, which deletes a ``metrics.csv`` it finds, finds none.
+
+    A kill at any point of the two halves leaves every row in one of the two files; the next resume
+    takes them from there (see :func:`restore_metrics`).
+    """
+    current, aside = run_dir / METRICS, run_dir / METRICS_RESUME
+    if current.is_file():
+        os.replace(current, aside)
+
+
+def restore_metrics(run_dir: Path, step: int, epoch: int) -> list[str]:
+    """Second half: write the rows logged before the checkpoint at (``step``, ``epoch``) back to
+    ``metrics.csv`` (atomically, each cell's exact text and the CSV logger's own line ends), remove
+    ``metrics.resume.csv`` and return the header, which the resumed logger continues. ``[]`` when there
+    was no earlier file. Rows after the checkpoint are dropped: the resumed run logs them again, so the
+    file ends byte-identical to an uninterrupted run's."""
+    import csv
+    import io
+
+    aside = run_dir / METRICS_RESUME
+    if not aside.is_file():
+        return []
+    header, rows = read_metrics_rows(aside)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header)  # the excel dialect, as Lightning's writer
+    writer.writeheader()
+    writer.writerows(r for r in rows if _row_before(r, step, epoch))
+    atomic_write_text(run_dir / METRICS, buffer.getvalue())
+    aside.unlink()
+    return header
+
+
+def summary_line(run_dir: Path) -> str:
+    """One line about a run: how it ended (``status.json``), where (epoch and step, or the first bad step),
+    its last ``train/acc`` and ``val/acc``, its best ``val/acc``, and its folder."""
+    status = read_status(run_dir) or {"status": "unknown"}
+    try:
+        table = read_metrics(run_dir)
+    except RunDirError as err:
+        return f"{status['status']}; {err}; run folder {run_dir}"
+    last = table.last()
+    val = [float(v) for v in table.series("val/acc")[2] if math.isfinite(v)]
+
+    def fmt(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    where = f"epoch {status.get('epoch', '?')}, step {status.get('global_step', '?')}"
+    if status["status"] == "diverged":
+        where = f"step {status.get('diverged_step', '?')} (epoch {status.get('epoch', '?')})"
+    best = fmt(max(val) if val else None)
+    return (f"{status['status']} at {where}: train/acc {fmt(last.get('train/acc'))}, "
+            f"val/acc {fmt(last.get('val/acc'))} (best {best}); run folder {run_dir}")
+
+
 # ---------------------------------------------------------------------------- hp.json
 
 
@@ -399,8 +494,7 @@ class FolderLock:
             fh.seek(0)
             holder = fh.read().strip()
             fh.close()
-            raise LockedError(f"the {self.what} is in use by another process ({self._describe(holder)}); "
-                              "wait for it to finish or stop it, then run this again") from None
+            raise LockedError(in_use_message(self.what, self._describe(holder))) from None
         fh.seek(0)
         fh.truncate()
         record = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "argv": sys.argv}
@@ -431,6 +525,29 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def in_use_message(what: str, holder: str) -> str:
+    """The message of :class:`LockedError`: ``what`` is held by ``holder`` (see :func:`lock_holder`)."""
+    return (f"the {what} is in use by another process ({holder}); wait for it to finish or stop it, "
+            "then run this again")
+
+
+def lock_holder(folder: Path) -> str | None:
+    """Who holds the :class:`FolderLock` of ``folder`` ("pid ... on ... since ...: argv"), or None when it
+    is free; reads only (no lock file is created, none is changed)."""
+    path = folder / LOCK
+    try:
+        fh = path.open("r")
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return FolderLock._describe(fh.read().strip())
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +95,8 @@ def test_fit_subprocess_writes_documented_files_and_keys(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "quickstart" / "r1"
     files = {p.name for p in run_dir.iterdir()}
-    assert files >= {"metrics.csv", "hparams.yaml", "config.yaml", "checkpoints", "status.json"}
+    assert files >= {"metrics.csv", "hparams.yaml", "config.yaml", "hp.json", "checkpoints", "status.json",
+                     ".lock"}
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"epoch1.ckpt", "last.ckpt"}
     rows = read_rows(run_dir / "metrics.csv")
     keys = set(rows[0])
@@ -107,28 +109,149 @@ def test_fit_subprocess_writes_documented_files_and_keys(tmp_path: Path) -> None
     assert [(r["epoch"], r["step"]) for r in val] == [("0", "22"), ("1", "45")]
     assert 0.0 <= float(val[-1]["val/acc"]) <= 1.0
     status = json.loads((run_dir / "status.json").read_text())
-    assert (status["status"], status["global_step"]) == ("finished", 46)
+    assert (status["status"], status["global_step"], status["epoch"]) == ("finished", 46, 2)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["data"]["dataset"] == "digits"
     assert config["model"]["net"]["init_args"]["width"] == 16
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert config["trainer"]["devices"] == 1  # one device unless asked
+    hp = json.loads((run_dir / "hp.json").read_text())
+    assert (hp["width"], hp["dataset"], hp["init_std"], hp["run_name"], hp["seed"]) == (16, "digits", 0.01,
+                                                                                      "quickstart", 0)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 46
     assert ckpt["state_dict"]["net.hidden.weight"].shape == (16, 64)
+    assert ckpt["hyper_parameters"]["net"]["init_args"]["width"] == 16  # the network's config travels along
+    # The last line: how it ended, the final train/held-out accuracy (and the best), and the run folder.
+    best = max(float(r["val/acc"]) for r in val)
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        f"fit finished at epoch 2, step 46: train/acc {float(train[-1]['train/acc']):.3f}, "
+        f"val/acc {float(val[-1]['val/acc']):.3f} (best {best:.3f}); run folder {run_dir}")
+
+
+def run_cli(*args: str) -> int:
+    """``main(args)`` in this process; the exit code (0 when it returns)."""
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch fit (width 16, digits): its run folder."""
+    root = tmp_path_factory.mktemp("fitted")
+    assert run_cli("fit", "--config", str(QUICKSTART), *TINY, "--trainer.max_epochs", "1",
+                   "--run.root", str(root), "--run.id", "fit") == 0
+    return root / "quickstart" / "fit"
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test"])
-def test_validate_and_test_reproduce_the_fits_held_out_accuracy(subcommand: str, tmp_path: Path) -> None:
-    """``validate``/``test`` on the fit's last checkpoint evaluate the same weights on the same split."""
-    base = ["--config", str(QUICKSTART), *TINY, "--run.root", str(tmp_path)]
-    main(["fit", *base, "--trainer.max_epochs", "1", "--run.id", "fit"])
-    fit_rows = read_rows(tmp_path / "quickstart" / "fit" / "metrics.csv")
-    fit_acc = float([r["val/acc"] for r in fit_rows if r["val/acc"]][-1])
-    ckpt = tmp_path / "quickstart" / "fit" / "checkpoints" / "last.ckpt"
-    main([subcommand, *base, "--ckpt_path", str(ckpt), "--run.id", subcommand])
+def test_validate_and_test_need_only_the_checkpoint(subcommand: str, fitted: Path, tmp_path: Path) -> None:
+    """``validate``/``test --ckpt_path`` alone rebuild the network and the data from the checkpoint and
+    evaluate the fit's weights on the same split."""
+    fit_acc = float([r["val/acc"] for r in read_rows(fitted / "metrics.csv") if r["val/acc"]][-1])
+    ckpt = fitted / "checkpoints" / "last.ckpt"
+    assert run_cli(subcommand, "--ckpt_path", str(ckpt), "--run.root", str(tmp_path), "--run.id", subcommand,
+                   "--trainer.enable_progress_bar", "false") == 0
     stage = "val" if subcommand == "validate" else "test"
-    rows = read_rows(tmp_path / "quickstart" / subcommand / "metrics.csv")
+    (run_dir,) = tmp_path.glob(f"*/{subcommand}")
+    rows = read_rows(run_dir / "metrics.csv")
     assert float(rows[-1][f"{stage}/acc"]) == pytest.approx(fit_acc, abs=1e-6)
     assert float(rows[-1][f"{stage}/loss"]) > 0
+    assert json.loads((run_dir / "hp.json").read_text())["width"] == 16
+
+
+def test_load_from_checkpoint_needs_no_net(fitted: Path) -> None:
+    from lightning_mem.module import MemorizationModule
+
+    ckpt = fitted / "checkpoints" / "last.ckpt"
+    module = MemorizationModule.load_from_checkpoint(ckpt)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert type(module.net).__name__ == "ScaledMLP" and module.net.hidden.weight.shape == (16, 64)
+    assert torch.equal(module.net.hidden.weight, saved["net.hidden.weight"])
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["validate", "--model.net.width", "32"],
+     "checkpoint has width 16, config asks for 32; drop those options"),
+    (["test", "--data.dataset", "cifar100"], "checkpoint has num_classes 10, config asks for 100"),
+    (["fit", "--config", str(QUICKSTART), *TINY, "--model.net.width", "32"],
+     "checkpoint has width 16, config asks for 32; resume with the model options of that run"),
+    (["fit", "--config", str(QUICKSTART), *TINY, "--model.net.activation", "relu", "--ckpt_path", "last",
+      "--run.root", "{root}"], "checkpoint has activation 'sin', config asks for 'relu'"),
+], ids=["validate-width", "test-dataset", "resume-width", "resume-last-activation"])
+def test_a_checkpoint_of_another_model_is_refused_before_anything_is_written(
+    args: list[str], says: str, fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = fitted.parent.parent
+    before = snapshot(root)
+    ckpt = ["--ckpt_path", str(fitted / "checkpoints" / "last.ckpt")] if "last" not in args else []
+    code = run_cli(*[a.format(root=root) for a in args], *ckpt, *([] if "last" in args else
+                                                              ["--run.root", str(tmp_path)]))
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert says in err[err.rfind("error:"):]
+    assert snapshot(root) == before  # the fit's folder is untouched (config.yaml, status.json, metrics)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_truncated_last_checkpoint_changes_nothing(fitted: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(fitted, tmp_path / "quickstart" / "fit")
+    last = tmp_path / "quickstart" / "fit" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:3000])
+    before = snapshot(tmp_path)
+    code = run_cli("fit", "--config", str(QUICKSTART), *TINY, "--trainer.max_epochs", "2", "--run.root",
+                   str(tmp_path), "--ckpt_path", "last")
+    err = capsys.readouterr().err
+    assert code == 2 and "does not load as a checkpoint (empty, truncated or not a torch file" in err
+    assert snapshot(tmp_path) == before  # metrics.csv is not set aside, status.json not rewritten
+
+
+@pytest.mark.parametrize(("key", "value"), [("run.name", "../../escape"), ("run.id", ".."), ("run.id", "a/b"),
+                                            ("run.name", "-x"), ("run.id", ".hidden")])
+def test_run_names_must_be_one_folder(key: str, value: str, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    code = run_cli("fit", "--config", str(QUICKSTART), *TINY, "--run.root", str(root), f"--{key}={value}")
+    err = capsys.readouterr().err
+    assert code == 2, err[-1000:]
+    assert f"{key}={value!r} must be one folder name" in err and "(no '/', not '.' or '..')" in err
+    assert not list(tmp_path.iterdir())  # no folder created, not even the root
+
+
+def test_interpolation_across_config_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "lr.yaml").write_text("model:\n  lr: 0.05\n")
+    (tmp_path / "remedy.yaml").write_text("model:\n  loss_scale: ${model.lr}\ndata:\n  batch_size: 64\n")
+    base = ["fit", "--config", str(QUICKSTART), "--config", str(tmp_path / "lr.yaml"), "--config",
+            str(tmp_path / "remedy.yaml"), "--run.root", str(tmp_path / "runs")]
+    assert run_cli(*base, "--print_config") == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["model"]["lr"], printed["model"]["loss_scale"]) == (0.05, 0.05)
+    # On the command line the path starts at the subcommand.
+    assert run_cli(*base, "--model.lr", "0.2", "--data.batch_size", "${fit.model.lr}", "--print_config") == 2
+    assert run_cli(*base, "--model.lr", "0.2", "--model.loss_scale", "${fit.model.lr}", "--print_config") == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["loss_scale"] == 0.2
+    (tmp_path / "bad.yaml").write_text("model:\n  loss_scale: ${model.lrr}\n")
+    assert run_cli(*base, "--config", str(tmp_path / "bad.yaml")) == 2
+    err = capsys.readouterr().err
+    assert "InterpolationKeyError: Interpolation key '.lrr' not found" in err
+    assert "supported: ${key} refers to a key of the config" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_no_private_lightningcli_names() -> None:
+    """The CLI subclasses LightningCLI through its documented hooks only (issue 9)."""
+    source = (REPO / "lightning_mem" / "cli.py").read_text()
+    for private in ("._get(", "._parser(", "._instantiate_trainer(", "._subcommand_parsers",
+                    "._run_subcommand(", "._add_configure_optimizers", "_given_hyperparameters",
+                    ".experiment.metrics ="):
+        assert private not in source, private
 
 
 @pytest.mark.parametrize("command", [[str(EXE), "--help"], [sys.executable, "-m", "lightning_mem", "--help"]],
@@ -136,8 +259,17 @@ def test_validate_and_test_reproduce_the_fits_held_out_accuracy(subcommand: str,
 def test_entry_points_help(command: list[str], tmp_path: Path) -> None:
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "{fit,validate,test,predict}" in proc.stdout
+    assert proc.stdout.startswith("usage: lightning-mem {fit,validate,test,sweep,report,theorem1")
+    assert "predict" not in proc.stdout
     assert not list(tmp_path.iterdir())  # --help writes nothing
+
+
+def test_the_cli_offers_no_predict(capsys: pytest.CaptureFixture[str]) -> None:
+    from lightning_mem.cli import MemCLI
+
+    assert list(MemCLI.subcommands()) == ["fit", "validate", "test"]
+    assert run_cli("predict", "--ckpt_path", "x.ckpt") == 2
+    assert "unknown subcommand 'predict'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- every config: printed, then smoke-run
@@ -150,6 +282,7 @@ def test_print_config(name: str, capsys: pytest.CaptureFixture[str], tmp_path: P
         main(["fit", *_config_args(stack), "--run.root", str(tmp_path), "--print_config"])
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["devices"] == 1  # never every visible GPU unless asked (issue 12)
     # The last file's own values win over its base's.
     override = yaml.safe_load(stack[-1].read_text()) or {}
     for section in ("data", "model"):

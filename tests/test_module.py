@@ -1,3 +1,5 @@
+import copy
+
 import lightning as L
 import pytest
 import torch
@@ -82,3 +84,32 @@ def test_loss_scale_with_init_follows_sigma() -> None:
     torch.testing.assert_close(module.loss_fn(z, y), LOSSES["hinge"](z, y, 2.0))
     with pytest.raises(ValueError, match="needs a net with a numeric init_std; ScaledMLP has init_std=None"):
         MemorizationModule(ScaledMLP(input_shape=(1, 8, 8), width=8), loss_scale_with_init=True)
+
+
+def test_clean_and_noisy_accuracy_against_an_independent_recount(tmp_path) -> None:
+    """``train/acc_clean`` and ``train/acc_noisy`` equal a recount from the network's own predictions and the
+    datamodule's mask. Noise fraction 0.2 (far from 0.5) and a net that has learned the clean labels make the
+    two values far apart, so swapping the masks in ``training_step`` fails here."""
+    L.seed_everything(0)
+    data = ImageClassificationData(dataset="digits", batch_size=128, label_noise=0.2)
+    net = ScaledMLP(input_shape=data.input_shape, num_classes=data.num_classes, width=64)
+    module = MemorizationModule(net, lr=0.5)
+    L.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+              enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0).fit(module, data)
+    # One more epoch as a single full batch: its metrics are those of the weights before its one step.
+    before = copy.deepcopy(module.net)
+    full = ImageClassificationData(dataset="digits", batch_size=len(data.train_y), label_noise=0.2)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, datamodule=full)
+    assert torch.equal(full.train_noisy, data.train_noisy)  # the same seeded mask
+    with torch.no_grad():
+        correct = (before(full.train_x).argmax(1) == full.train_y).float()  # against the labels trained on
+    noisy = full.train_noisy
+    assert abs(noisy.float().mean().item() - 0.2) < 0.01
+    clean_acc, noisy_acc = correct[~noisy].mean().item(), correct[noisy].mean().item()
+    assert clean_acc - noisy_acc > 0.3  # the test can tell the two apart
+    metrics = trainer.callback_metrics
+    assert metrics["train/acc_clean"].item() == pytest.approx(clean_acc, abs=1e-6)
+    assert metrics["train/acc_noisy"].item() == pytest.approx(noisy_acc, abs=1e-6)
+    assert metrics["train/acc"].item() == pytest.approx(correct.mean().item(), abs=1e-6)

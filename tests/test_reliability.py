@@ -9,6 +9,7 @@ images: 23 steps of 64 per epoch); the kill tests start a real ``lightning-mem f
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from lightning_mem.data import ImageClassificationData
 from lightning_mem.guard import DivergedError, DivergenceGuard, RunStatus
 from lightning_mem.module import MemorizationModule
 from lightning_mem.nets import ScaledMLP
-from lightning_mem.rundir import read_status
+from lightning_mem.rundir import FolderLock, read_hp, read_status
 
 TESTS = Path(__file__).resolve().parent
 QUICKSTART = TESTS.parent / "configs" / "quickstart.yaml"
@@ -123,7 +124,8 @@ def test_nan_weights_at_epoch_end_never_reach_a_checkpoint(tmp_path: Path) -> No
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch0.ckpt", "last.ckpt"]
     status = read_status(tmp_path)
     assert status is not None
-    assert (status["status"], status["step"], status["epoch"]) == ("diverged", 46, 1)
+    assert (status["status"], status["diverged_step"], status["epoch"]) == ("diverged", 46, 1)
+    assert "step" not in status  # one unambiguous name per field (status.json of issue 11, fault 10)
     assert "weights are non-finite" in status["reason"]
     rows = read_rows(tmp_path / "metrics.csv")
     assert [(r["diverged"], r["diverged_step"]) for r in rows if r["diverged"]] == [("1.0", "46.0")]
@@ -144,6 +146,11 @@ def test_first_bad_step_is_exact_between_checks(tmp_path: Path) -> None:
         trainer.fit(module, datamodule=data)
     assert (exc.value.step, exc.value.epoch, seen) == (31, 1, [40])
     assert "lr=0.05" in str(exc.value) and "lower --model.lr or --model.net.init_std" in str(exc.value)
+    # status.json: the first bad step, and where the guard noticed it (global_step), each under its own name.
+    status = read_status(tmp_path)
+    assert status is not None
+    assert (status["status"], status["diverged_step"], status["global_step"], status["epoch"]) == (
+        "diverged", 31, 40, 1)
 
 
 def test_saving_nan_weights_raises_and_writes_nothing(tmp_path: Path) -> None:
@@ -168,15 +175,19 @@ def test_guard_rejects_bad_interval(value: object) -> None:
 def test_squared_loss_at_large_sigma_diverges_cleanly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="lightning_mem")
     code = run_cli(*TINY, *DIVERGES, "--run.root", str(tmp_path), "--run.id", "div")
     assert code == EXIT_DIVERGED == 3
     run_dir = tmp_path / "quickstart" / "div"
     status = read_status(run_dir)
     assert status is not None
-    assert (status["status"], status["step"], status["epoch"]) == ("diverged", 25, 1)
+    assert (status["status"], status["diverged_step"], status["epoch"]) == ("diverged", 25, 1)
     assert status["reason"] == "the training loss is inf"
     message = status["message"]
     assert message in caplog.text  # the same message on stderr
+    # ... followed by the one-line summary of the fit.
+    assert caplog.records[-1].getMessage().startswith("fit diverged at step 25 (epoch 1): train/acc ")
+    assert caplog.records[-1].getMessage().endswith(f"; run folder {tmp_path / 'quickstart' / 'div'}")
     for part in ("step 25 (epoch 1)", "init_std=10.0", "lr=0.03", "loss=squared", "last.ckpt"):
         assert part in message
     # The last good checkpoint (end of epoch 0) is kept and finite; nothing of the diverged epoch was saved.
@@ -351,29 +362,52 @@ BAD_INPUT = [
      ["ckpt_path=", "nope.ckpt", "no such checkpoint"]),
     ("resume-without-checkpoint", ["--run.name", "fresh", "--ckpt_path", "last"],
      ["--ckpt_path last", "no last.ckpt"]),
+    ("resume-from-a-corrupt-last-checkpoint", ["--run.id", "old", "--ckpt_path", "last"],
+     ["ckpt_path=", "quickstart/old/checkpoints/last.ckpt", "does not load as a checkpoint"]),
+    ("checkpoint-empty", ["--ckpt_path", "{tmp}/empty.ckpt"], ["empty.ckpt", "EOFError"]),
+    ("checkpoint-random-bytes", ["--ckpt_path", "{tmp}/random.ckpt"], ["random.ckpt", "does not load"]),
+    ("checkpoint-is-a-folder", ["--ckpt_path", "{tmp}"], ["no such checkpoint file"]),
+    ("run-name-escapes-the-root", ["--run.name", "../../escape"],
+     ["run.name='../../escape' must be one folder name", "no '/'"]),
+    ("run-id-is-the-root", ["--run.id", ".."], ["run.id='..' must be one folder name"]),
+    ("run-id-nests-in-a-run", ["--run.id", "old/inner"], ["run.id='old/inner' must be one folder name"]),
+    ("tf32-at-large-sigma", ["--model.net.init_std", "10", "--precision.tf32", "true"],
+     ["TF32", "sin net at init_std=10", "--precision.accept_large_sigma_error true"]),
+    ("interpolation-of-a-missing-key", ["--config", "{tmp}/bad_interpolation.yaml"],
+     ["InterpolationKeyError", "supported: ${{key}}"]),
 ]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The damaged inputs of BAD_INPUT, built once for the module: {name: path}."""
+    tmp = tmp_path_factory.mktemp("bad_files")
+    (tmp / "a_file").write_text("not a folder")
+    (tmp / "empty.ckpt").write_bytes(b"")
+    (tmp / "random.ckpt").write_bytes(bytes(range(256)) * 16)
+    (tmp / "bad_interpolation.yaml").write_text("model:\n  loss_scale: ${model.nope}\n")
+    return {"tmp": str(tmp), "cifar_missing": str(_cifar(tmp / "missing", "delete")),
+            "cifar_truncated": str(_cifar(tmp / "truncated", "truncate"))}
 
 
 @pytest.mark.usefixtures("no_md5")
 @pytest.mark.parametrize(("args", "parts"), [row[1:] for row in BAD_INPUT], ids=[row[0] for row in BAD_INPUT])
 def test_bad_input_fails_before_training(
-    args: list[str], parts: list[str], earlier_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    args: list[str], parts: list[str], earlier_run: Path, bad_files: dict[str, str],
+    capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "a_file").write_text("not a folder")
-    paths = {"tmp": str(tmp_path), "cifar_missing": str(_cifar(tmp_path / "missing", "delete")),
-             "cifar_truncated": str(_cifar(tmp_path / "truncated", "truncate"))}
     before = _snapshot(earlier_run)
-    started = time.monotonic()
     code = run_cli(*TINY, "--trainer.max_epochs", "1", "--run.root", str(earlier_run),
-                   *[a.format(**paths) for a in args])
+                   *[a.format(**bad_files) for a in args])
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
+    assert "Traceback" not in err
     message = err[err.rfind("error:"):]
     for part in parts:
-        assert part.format(**paths) in message, message
+        assert part.format(**bad_files) in message, message
     assert _snapshot(earlier_run) == before  # the earlier run is untouched, nothing new was written
     assert [p.name for p in (earlier_run / "quickstart").iterdir()] == ["old"]
-    assert time.monotonic() - started < 30
+    assert sorted(p.name for p in earlier_run.iterdir()) == ["quickstart"]
 
 
 def _sweep_cases() -> list[Any]:
@@ -438,3 +472,54 @@ def test_concurrent_runs_keep_to_their_own_folders(tmp_path: Path) -> None:
         assert load_ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
     assert seeds == {0, 1, 2}
     assert len({(d / "metrics.csv").read_text() for d in run_dirs}) == 3
+
+
+# ---------------------------------------------------------------- claiming a run folder
+
+
+def test_a_held_run_folder_is_refused_naming_its_holder(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """While another owner holds a run folder's lock, a fit with that --run.id exits 2 naming the holder's
+    pid and changes nothing there (repeated: the refusal leaves no state behind)."""
+    run_dir = tmp_path / "quickstart" / "busy"
+    with FolderLock(run_dir, "run folder"):  # another open file of this process: flock conflicts all the same
+        before = _snapshot(tmp_path)
+        for _ in range(3):
+            code = run_cli(*TINY, "--trainer.max_epochs", "1", "--run.root", str(tmp_path), "--run.id",
+                           "busy")
+            err = capsys.readouterr().err
+            assert code == 2, err[-2000:]
+            assert f"is in use by another process (pid {os.getpid()} on " in err
+            assert _snapshot(tmp_path) == before
+    # Free again: the same command now runs.
+    assert run_cli(*TINY, "--trainer.max_epochs", "1", "--run.root", str(tmp_path), "--run.id", "busy") == 0
+
+
+@pytest.mark.slow  # two real fits at once: ~30 s on 2 busy cores
+def test_two_fits_with_one_run_id_at_once(reference: Path, tmp_path: Path) -> None:
+    """The second of two fits started with the same --run.id stops (exit 2) naming the first's pid; the
+    first ends exactly as an uninterrupted run with its seed (metrics.csv and weights), its config intact."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    args = [str(EXE), *RESUME_ARGS, "--run.root", str(tmp_path), "--run.id", "same"]
+    first = subprocess.Popen([*args, "--trainer.callbacks+=test_reliability.Throttle"], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "quickstart" / "same"
+    deadline = time.monotonic() + 240
+    while (read_status(run_dir) or {}).get("status") != "running" and first.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run([*args, "--seed_everything", "1"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert first.poll() is None, "the first fit ended before the second started; slow it down"
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err[-2000:]
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"is in use by another process (pid {first.pid} on " in second.stderr
+    assert "Traceback" not in second.stderr
+    # Nothing of the first run changed: seed 0 everywhere, and the same bytes as the reference run.
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed_everything"] == 0
+    assert read_hp(run_dir)["seed"] == 0  # type: ignore[index]
+    assert (run_dir / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+    want, got = (load_ckpt(d / "checkpoints" / "last.ckpt")["state_dict"] for d in (reference, run_dir))
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert read_status(run_dir)["status"] == "finished"  # type: ignore[index]

@@ -141,6 +141,55 @@ def test_metrics_without_an_epoch_column_get_nan_epochs(tmp_path: Path) -> None:
     assert len(steps) == len(epochs) == len(values) == 0
 
 
+def test_metrics_carried_over_a_resume_keep_the_rows_before_the_checkpoint(tmp_path: Path) -> None:
+    """set_metrics_aside + restore_metrics on a file Lightning's CSV logger wrote, with a checkpoint at the
+    end of epoch 0 (global_step 4): rows before step 4 stay, rows at step 4 stay if they belong to epoch 0
+    (its validation) and go if they belong to epoch 1 (its first batch, logged again by the resumed run)."""
+    logger = CSVLogger(tmp_path, name="", version="")
+    logger.log_metrics({"align/rep/act": 0.5, "epoch": 0}, step=0)
+    logger.log_metrics({"train/acc": 0.25, "epoch": 0}, step=3)
+    logger.log_metrics({"val/align/rep/act": 0.125, "epoch": 0}, step=4)  # at global_step: epoch 0's
+    logger.log_metrics({"align/rep/act": 0.75, "epoch": 1}, step=4)  # epoch 1's first batch
+    logger.log_metrics({"val/acc": 0.875}, step=4)  # no epoch (older logs): kept
+    logger.log_metrics({"train/acc": 0.5, "epoch": 1}, step=7)
+    logger.save()
+    path = tmp_path / "metrics.csv"
+    full = path.read_bytes()
+    rundir.set_metrics_aside(tmp_path)
+    assert not path.exists() and (tmp_path / "metrics.resume.csv").read_bytes() == full
+    rundir.set_metrics_aside(tmp_path)  # a second resume after a kill here: nothing lost
+    header = rundir.restore_metrics(tmp_path, step=4, epoch=0)
+    assert header == ["align/rep/act", "epoch", "step", "train/acc", "val/acc", "val/align/rep/act"]
+    assert not (tmp_path / "metrics.resume.csv").exists()
+    lines = full.split(b"\r\n")  # the CSV logger's own line ends, kept byte for byte
+    assert path.read_bytes() == b"\r\n".join([*lines[:4], lines[5], b""])
+    assert rundir.restore_metrics(tmp_path, step=4, epoch=0) == []  # nothing set aside: nothing to do
+
+
+@pytest.mark.parametrize(("row", "kept"), [
+    ({"step": "3", "epoch": "9"}, True), ({"step": "4", "epoch": "0"}, True),
+    ({"step": "4", "epoch": "0.0"}, True), ({"step": "4", "epoch": "1"}, False),
+    ({"step": "4", "epoch": ""}, True), ({"step": "5", "epoch": "0"}, False),
+    ({"step": "", "epoch": "0"}, False), ({"step": "4", "epoch": "x"}, False),
+])
+def test_row_before_a_checkpoint(row: dict[str, str], kept: bool) -> None:
+    assert rundir._row_before(row, 4, 0) is kept
+
+
+def test_lock_holder_reads_without_changing_anything(tmp_path: Path) -> None:
+    assert rundir.lock_holder(tmp_path) is None and not (tmp_path / ".lock").exists()
+    proc = _hold(tmp_path)
+    try:
+        before = (tmp_path / ".lock").read_bytes()
+        holder = rundir.lock_holder(tmp_path)
+        assert holder is not None and holder.startswith(f"pid {proc.pid} on ")
+        assert (tmp_path / ".lock").read_bytes() == before
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert rundir.lock_holder(tmp_path) is None  # a dead holder holds nothing
+
+
 @pytest.mark.parametrize(("content", "why"), [
     (b"\xff\xfe\x00garbage\x00", "UnicodeDecodeError"),
     (b"epoch,val/acc\n0,0.5\n", "no 'step' column"),

@@ -628,4 +628,4 @@ def test_every_sweep_file_expands_to_commands_the_cli_accepts(
         if "--run.name" in argv:
             assert built.run_dir.parent.name == argv[argv.index("--run.name") + 1]
         if "configs/logger/wandb.yaml" in cmd:
-            assert [type(lg).__name__ for lg in built.trainer.loggers] == ["CSVLogger", "WandbLogger"]
+            assert [type(lg).__name__ for lg in built.trainer.loggers] == ["RunCSVLogger", "RunWandbLogger"]

@@ -1,12 +1,16 @@
-"""W&B logging from the CLI, offline: two real fits started at once in one working directory.
+"""W&B logging from the CLI, offline: two real fits started at once in one working directory, one by hand
+(``--model.net.init_std``) and one through the sweep command path (``--config <args.json>`` of flat dotted
+keys, as ``wandb agent`` runs a sweep file's command).
 
-Each must write its offline W&B run inside its own run folder, with the full nested CLI config in
-the W&B run config, next to the CSV log. The offline ``.wandb`` file is read with the record
-format wandb writes (a LevelDB-style log of protobuf ``Record``s), since wandb ships no reader.
+Each must write its offline W&B run inside its own run folder, with the full nested CLI config and the
+canonical ``hp`` block (the same as the run folder's ``hp.json``) in the W&B run config, the step metric
+and summaries declared, next to the CSV log. The offline ``.wandb`` file is read with the record format
+wandb writes (a LevelDB-style log of protobuf ``Record``s), since wandb ships no reader.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import struct
@@ -17,6 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from lightning_mem.rundir import HP_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 WANDB_YAML = REPO / "configs" / "logger" / "wandb.yaml"
@@ -74,16 +80,19 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[subpr
                  "WANDB_CONFIG_DIR": str(work / "config"), "WANDB_DATA_DIR": str(work / "data"),
                  "WANDB_SILENT": "true"}
     procs = []
+    args_json = work / "args.json"  # what wandb writes for ${args_json_file}: flat dotted keys
+    args_json.write_text(json.dumps({"model.net.init_std": SIGMAS[1], "trainer.max_epochs": 2}))
     for sigma in SIGMAS:
         env = dict(base_env)
-        if sigma == SIGMAS[0]:
+        base = [sys.executable, "-m", "lightning_mem", "fit",
+                "--config", str(REPO / "configs/quickstart.yaml"), "--config", str(logger_yaml)]
+        if sigma == SIGMAS[0]:  # by hand
             env["WANDB_MODE"] = "offline"
-        # The other run has neither WANDB_MODE nor an API key: the CLI must make it offline itself.
-        cmd = [sys.executable, "-m", "lightning_mem", "fit",
-               "--config", str(REPO / "configs/quickstart.yaml"), "--config", str(logger_yaml),
-               "--data.dataset", "digits", "--model.net.width", "16", "--model.net.init_std", str(sigma),
-               "--trainer.max_epochs", "1",
-               "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false"]
+            cmd = [*base, "--model.net.init_std", str(sigma), "--trainer.max_epochs", "2"]
+        else:  # the sweep command path; no WANDB_MODE nor API key: the CLI makes it offline itself
+            cmd = [*base, "--config", str(args_json), "--run.name", "quickstart"]
+        cmd += ["--data.dataset", "digits", "--model.net.width", "16",
+                "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false"]
         procs.append(subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     done = []
@@ -136,15 +145,74 @@ def test_offline_wandb_run_in_the_run_folder_has_the_nested_config(two_runs: tup
         assert net["init_args"]["width"] == 16 and config["model"]["loss"] == "cross_entropy"
         assert config["data"]["dataset"] == "digits" and config["seed_everything"] == 0
         assert config["run"]["id"] == run_dir.name
-        assert config["trainer"]["max_epochs"] == 1
+        assert config["trainer"]["max_epochs"] == 2
+
+
+@pytest.mark.slow
+def test_every_run_carries_the_canonical_hp_block(two_runs: tuple[Path, list[Any]]) -> None:
+    """By hand or through the sweep command path, σ is at ``hp.init_std`` in the W&B config (a nested dict:
+    the backend path ``hp.value.init_std`` that wandb-workspaces' ``Config("hp.init_std")`` and a grouping
+    on ``config.hp.init_std`` resolve to), equal to the run folder's hp.json; Lightning's flat copies of the
+    hyperparameters (``lr``, ``net``, ``dataset`` at the top level) are not there to compete with it."""
+    from wandb_workspaces import expr
+
+    work, _ = two_runs
+    sigmas = []
+    for run_dir in _run_dirs(work):
+        (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+        config = wandb_config(read_wandb_records(path))
+        hp = json.loads((run_dir / "hp.json").read_text())
+        assert config["hp"] == hp and list(hp) == list(HP_KEYS)
+        assert (hp["width"], hp["dataset"], hp["run_name"], hp["seed"], hp["max_epochs"]) == (
+            16, "digits", "quickstart", 0, 2)
+        sigmas.append(hp["init_std"])
+        assert not {"lr", "net", "dataset", "loss", "_instantiator"} & set(config)
+        assert hp["init_std"] == config["model"]["net"]["init_args"]["init_std"]
+    assert sorted(sigmas) == sorted(SIGMAS)
+    assert expr.groupby_str_to_key("config.hp.init_std").name == "hp.value.init_std"
+
+
+def _history(records: list[Any]) -> list[dict[str, Any]]:
+    return [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
+
+
+@pytest.mark.slow
+def test_metrics_are_declared_and_agree_with_the_csv(two_runs: tuple[Path, list[Any]]) -> None:
+    """Every key is drawn against trainer/global_step; val/acc keeps its best and last value, train/* and
+    alignment their last; each W&B row of val/acc has the epoch and step of the same row in metrics.csv."""
+    work, _ = two_runs
+    for run_dir in _run_dirs(work):
+        (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+        records = read_wandb_records(path)
+        defined = {}
+        for r in records:
+            if r.WhichOneof("record_type") == "metric":
+                m = r.metric
+                defined[m.name or m.glob_name] = (m.step_metric, {k for k in ("max", "min", "last")
+                                                                  if getattr(m.summary, k)})
+        assert defined["val/acc"] == ("trainer/global_step", {"max", "last"})
+        assert defined["val/loss"] == ("trainer/global_step", {"min", "last"})
+        for glob in ("train/*", "align/*", "val/align/*", "norm/*", "epoch"):
+            assert defined[glob] == ("trainer/global_step", {"last"}), glob
+        with (run_dir / "metrics.csv").open(newline="") as fh:
+            csv_val = [(int(float(c["epoch"])), int(c["step"]), float(c["val/acc"]))
+                       for c in csv.DictReader(fh) if c["val/acc"]]
+        wandb_val = [(h["epoch"], h["trainer/global_step"], h["val/acc"])
+                     for h in _history(records) if "val/acc" in h]
+        assert wandb_val == csv_val and len(csv_val) == 2
+        summary = [json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "summary"
+                   for i in r.summary.update if (i.key or "/".join(i.nested_key)) == "val/acc"][-1]
+        assert summary == {"max": max(v for *_, v in csv_val), "last": csv_val[-1][2]}
 
 
 def test_wandb_logger_config_parses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from lightning_mem import cli
+    from lightning_mem.loggers import RunCSVLogger, RunWandbLogger
 
     # Parsed, validated and instantiated (--print_config would skip the validation of init_args).
     monkeypatch.setattr(sys, "argv", ["lightning-mem"])
     built = cli.build_cli(["--config", str(REPO / "configs/quickstart.yaml"), "--config", str(WANDB_YAML),
                            "--run.root", str(tmp_path)], run=False)
-    assert [type(lg).__name__ for lg in built.trainer.loggers] == ["CSVLogger", "WandbLogger"]
+    assert [type(lg) for lg in built.trainer.loggers] == [RunCSVLogger, RunWandbLogger]
     assert built.trainer.loggers[0].log_dir == str(built.run_dir)

@@ -1,0 +1,69 @@
+"""Tests of lightning_mem.commands: the top-level help, unknown subcommands, and tools that start without
+torch or Lightning (checked in a fresh interpreter, where nothing else imported them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lightning_mem import commands
+
+
+def test_help_lists_every_subcommand_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    commands.main(["--help"])
+    out = capsys.readouterr().out
+    names = [*commands.LIGHTNING, *commands.TOOLS]
+    assert names[:6] == ["fit", "validate", "test", "sweep", "report", "theorem1"]
+    assert out.splitlines()[0] == f"usage: lightning-mem {{{','.join(names)}}} ..."
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert listed == names  # one line each, in order
+    assert "predict" not in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "lightning-mem: error: a subcommand is required; choose from fit, validate, test, sweep"),
+    (["predict"], "error: unknown subcommand 'predict'; choose from fit, validate, test, sweep"),
+    (["fitt", "--config", "x.yaml"], "unknown subcommand 'fitt'"),
+])
+def test_missing_or_unknown_subcommand_exits_2(argv: list[str], message: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        commands.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from lightning_mem import __version__
+
+    commands.main(["--version"])
+    assert capsys.readouterr().out == f"lightning-mem {__version__}\n"
+
+
+@pytest.mark.parametrize("tool", ["sweep", "report"])
+def test_tools_start_without_torch_or_lightning(tool: str) -> None:
+    code = textwrap.dedent(f"""
+        import sys
+        from lightning_mem.commands import main
+        try:
+            main([{tool!r}, "--help"])
+        except SystemExit as exc:
+            assert exc.code in (0, None), exc.code
+        heavy = sorted(m for m in ("torch", "lightning", "lightning.pytorch", "wandb") if m in sys.modules)
+        print("HEAVY", heavy)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"lightning-mem {tool}" in proc.stdout  # the tool's own help was printed
+    assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
+
+
+def test_fit_help_goes_to_lightning(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        commands.main(["fit", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--ckpt_path" in out and "--run.id" in out and "--precision.tf32" in out
