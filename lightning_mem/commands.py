@@ -23,7 +23,7 @@ TOOLS = {
     "sweep": ("lightning_mem.sweep", "run a W&B sweep file locally, or W&B agents one per GPU"),
     "report": ("lightning_mem.report", "figures and tables from finished runs or a sweep manifest"),
     "theorem1": ("lightning_mem.theory", "check the paper's Theorem 1 by Monte Carlo on MNIST pairs"),
-    # "dashboard": ("lightning_mem.dashboard", "interactive HTML dashboard / W&B workspace of runs"),
+    "dashboard": ("lightning_mem.dashboard", "interactive HTML dashboard or W&B workspace of runs"),
     # "ensemble": ("lightning_mem.ensemble", "train a σ × seed grid packed into one process"),
 }
 
