@@ -328,6 +328,7 @@ def run_device(args: argparse.Namespace) -> None:
         return
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")  # FP32: sin of pre-activations with std ~100 at σ = 10
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
 
     def sync() -> None:
         if device.type == "cuda":
@@ -339,84 +340,89 @@ def run_device(args: argparse.Namespace) -> None:
     ).to(device)
     y = torch.randint(0, 10, (args.n + args.n_val,), generator=g).to(device)
     x_train, y_train, x_val, y_val = x[: args.n], y[: args.n], x[args.n :], y[args.n :]
-    steps_per_epoch = math.ceil(args.n / 256)
+    noisy = torch.zeros(len(y_train), dtype=torch.bool, device=device)
+    per_epoch = math.ceil(args.n / 256)
+    loop = {
+        "accelerator": accelerator,
+        "devices": 1,
+        "max_steps": args.warmup + args.steps,
+        "limit_val_batches": 0,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+
+    class Single(L.LightningDataModule):  # ImageClassificationData's loader on the same device tensors
+        def train_dataloader(self) -> TensorBatchLoader:
+            return TensorBatchLoader(
+                (x_train, y_train, noisy),
+                256,
+                shuffle=True,
+                seed=0,
+                epoch_fn=lambda: self.trainer.current_epoch if self.trainer else None,
+            )
+
+    def single_ms(every: int) -> float:
+        """ms per step of one single run through Lightning (MemorizationModule), alignment every ``every``."""
+        clock = StepClock(args.warmup, sync)
+        L.seed_everything(0, verbose=False)
+        module = MemorizationModule(ScaledMLP((3, 32, 32), 10, 1024, "sin", 0.1), lr=0.01)
+        monitor = AlignmentMonitor(every_n_steps=every, val_max_examples=0)
+        L.Trainer(
+            logger=CSVLogger(tmp, name="single", version=str(every)),
+            callbacks=[clock, monitor],
+            enable_checkpointing=False,
+            **loop,
+        ).fit(module, datamodule=Single())
+        return clock.per_step()[0] * 1e3
+
+    def ensemble_ms(members: list[MemberSpec], net: StackedMLP, every: int) -> float:
+        clock = StepClock(args.warmup, sync)
+        data = RandomEnsembleData(members, x_train, y_train, x_val, y_val, 256)
+        loggers = [
+            [CSVLogger(tmp, name="device", version=f"{len(members)}-{every}-{k}")]
+            for k in range(len(members))
+        ]
+        monitor = EnsembleAlignmentMonitor(every_n_steps=every, val_max_examples=0)
+        fit_ensemble(
+            EnsembleModule(copy.deepcopy(net), members),
+            data,  # type: ignore[arg-type]
+            member_loggers=loggers,
+            callbacks=[clock],
+            monitor=monitor,
+            **loop,
+        )
+        return clock.per_step()[0] * 1e3
+
     name = (
         torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores): a dry run"
     )
     print(
         f"\n## device: paper MLP 3072 → 1024 → 10 sin, batch 256, {args.n} CIFAR-shaped random images on "
-        f"{device} ({name}), FP32 (TF32 off); {args.steps} timed steps after {args.warmup}\n"
+        f"{device} ({name}), FP32 (TF32 off); {args.steps} timed steps after {args.warmup}; alignment once "
+        f"per epoch ({per_epoch} steps) unless said\n"
     )
     print(
-        "| K | Lightning ensemble ms/step | ms per member-step | raw stacked ms per member-step | "
-        "ensemble / raw | throughput vs single Lightning run | Section 3 grid (45 runs) |"
+        "| K | ensemble ms/step | ms per member-step | raw stacked ms per member-step | ensemble / raw "
+        "| throughput vs single runs | alignment every step: × | Section 3 grid (45 runs) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        # one single run through Lightning (MemorizationModule), alignment once per epoch: the unpacked cost
-        clock = StepClock(args.warmup, sync)
-        L.seed_everything(0, verbose=False)
-        single = MemorizationModule(ScaledMLP((3, 32, 32), 10, 1024, "sin", 0.1), lr=0.01)
-        noisy = torch.zeros(len(y_train), dtype=torch.bool, device=device)
-
-        class Single(L.LightningDataModule):  # ImageClassificationData's loader on the same device tensors
-            def train_dataloader(self) -> TensorBatchLoader:
-                return TensorBatchLoader(
-                    (x_train, y_train, noisy),
-                    256,
-                    shuffle=True,
-                    seed=0,
-                    epoch_fn=lambda: self.trainer.current_epoch if self.trainer else None,
-                )
-
-        L.Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu",
-            devices=1,
-            logger=False,
-            callbacks=[clock, AlignmentMonitor(every_n_steps=steps_per_epoch, val_max_examples=0)],
-            max_steps=args.warmup + args.steps,
-            limit_val_batches=0,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        ).fit(single, datamodule=Single())
-        single_ms = clock.per_step()[0] * 1e3
+        one, one_every = single_ms(per_epoch), single_ms(1)
+        hours = 45 * args.epochs * per_epoch * one / 3.6e6
+        print(
+            f"| single run | {one:.2f} | {one:.3f} | | | 1.0x | {one_every / one:.2f} | {hours:.1f} h |",
+            flush=True,
+        )
         for K in args.k:
             members = [MemberSpec(k % 3, SIGMAS[k % len(SIGMAS)], lr=0.01) for k in range(K)]
-            data = RandomEnsembleData(members, x_train, y_train, x_val, y_val, 256)
             net = StackedMLP.from_members(members, (3, 32, 32), 10, 1024, "sin")
-            raw = (
-                _raw_stacked(
-                    copy.deepcopy(net).to(device),
-                    data.train_dataloader(),
-                    args.steps,
-                    args.warmup,
-                    0.01,
-                    sync,
-                )
-                / K
-            )
-            clock = StepClock(args.warmup, sync)
-            module = EnsembleModule(net, members)
-            loggers = [[CSVLogger(tmp, name="device", version=f"{K}-{k}")] for k in range(K)]
-            fit_ensemble(
-                module,
-                data,
-                member_loggers=loggers,
-                callbacks=[clock],  # type: ignore[arg-type]
-                monitor=EnsembleAlignmentMonitor(every_n_steps=steps_per_epoch, val_max_examples=0),
-                accelerator="gpu" if device.type == "cuda" else "cpu",
-                devices=1,
-                max_steps=args.warmup + args.steps,
-                limit_val_batches=0,
-            )
-            ms = clock.per_step()[0] * 1e3
-            grid_s = 45 * args.epochs * steps_per_epoch * ms / K / 1e3
+            loader = RandomEnsembleData(members, x_train, y_train, x_val, y_val, 256).train_dataloader()
+            raw = _raw_stacked(copy.deepcopy(net).to(device), loader, args.steps, args.warmup, 0.01, sync) / K
+            ms, ms_every = ensemble_ms(members, net, per_epoch), ensemble_ms(members, net, 1)
+            grid_min = 45 * args.epochs * per_epoch * ms / K / 6e4
             print(
-                f"| {K} | {ms:.2f} | {ms / K:.3f} | {raw:.3f} | {ms / K / raw:.2f} "
-                f"| {single_ms / (ms / K):.1f}x | "
-                f"{grid_s / 60:.0f} min ({args.epochs} epochs; single runs: "
-                f"{45 * args.epochs * steps_per_epoch * single_ms / 3.6e6:.1f} h) |",
+                f"| {K} | {ms:.2f} | {ms / K:.3f} | {raw:.3f} | {ms / K / raw:.2f} | {one / (ms / K):.1f}x "
+                f"| {ms_every / ms:.2f} | {grid_min:.0f} min ({args.epochs} epochs) |",
                 flush=True,
             )
 
@@ -431,7 +437,7 @@ def _layout_row(d: int, K: int, rounds: int) -> list[str]:
     B, lr = 256, 0.01
     nets = [ScaledMLP((1, d, 1), 10, 1024, "sin", 0.1) for _ in range(K)]
     x, y = torch.randn(K, B, d), torch.randint(0, 10, (K, B))
-    stacked = StackedMLP((1, d, 1), 10, 1024, "sin", [0.1] * K)
+    stacked = StackedMLP((d,), 10, 1024, "sin", [0.1] * K)
     w1 = torch.stack([n.hidden.weight.detach() for n in nets]).requires_grad_()
     w2 = torch.stack([n.out.weight.detach() for n in nets]).requires_grad_()
     params, _ = stack_module_state(nets)  # type: ignore[arg-type]

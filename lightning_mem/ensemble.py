@@ -10,27 +10,30 @@ run would draw (``seed_everything(seed)`` then ``ScaledMLP(...)``) and sees exac
 that autograd differentiates is the sum over members, so members are decoupled: member k's gradient
 is the gradient of its own loss, and a NaN in member j never reaches member k.
 
-How the members are batched, chosen by measurement (1 thread of this project's 2-core CPU, CPU time
-per member-step, K = 20 members, batch 256, sin MLP d → 1024 → 10, process_time of 5 steps):
+How the members are batched, chosen by measurement: CPU ms per member-step of raw training steps
+(no Lightning), K = 20 sin MLPs d → 1024 → 10, batch 256, 1 thread, load average ~8 on 2 cores
+(``python benchmarks/bench_ensemble.py --modes layout --threads 1``, median of 3 rounds of 5 steps):
 
-    d = 784                                   member-step   d = 64     member-step
-    autograd through ``x @ W.mT`` (bmm)       12.7–15.5 ms              2.9–3.9 ms
-    ``stack_module_state`` + ``vmap(grad)``   10.3–10.9 ms              2.2–2.3 ms
-    this module's stacked linear (bmm)        10.1–11.5 ms              —
-    K separate nets, one after another         9.3–9.5 ms               2.0 ms
+    layout                                                 d = 64    d = 784
+    autograd through ``x @ W.mT`` (bmm)                      2.93      13.53
+    ``stack_module_state`` + ``vmap(grad(...))``             2.25      12.03
+    this module's stacked linear (bmm, nn.Linear's backward) 2.54      11.52
+    K separate nets, one after another                       2.65      10.64
 
 Autograd through ``x @ W.mT`` returns ∂W as a transposed view, and the update and the next bmm
 then walk it with strides; :class:`_StackedLinear` gives the batched matmul nn.Linear's own backward
-(∂W_k = G_kᵀ X_k, contiguous), which is as fast as ``vmap(grad(...))`` while keeping ordinary
-autograd, modules and hooks (a Gram needs the layer input and output gradient, and Lightning's loop
-needs one backward). On a CPU the stack costs ~10% over separate nets (K members' activations leave
-the cache); on a GPU one bmm per layer for all K is the point: a 3072→1024→10 step of one member is
-far too small to fill the device (issue 13: K = 45 stacked reach ~46 TFLOP/s on an H200, 5–7× one
-model), and ``vmap`` lowers to the same bmm with a functional API that hooks cannot see.
+(∂W_k = G_kᵀ X_k, contiguous), which is as fast as ``vmap(grad(...))`` (within the noise of a busy
+machine) while keeping ordinary autograd, modules and hooks: a Gram needs each layer's input and
+output gradient, and Lightning's loop needs one ordinary backward, which ``vmap(grad)`` replaces by a
+functional call that hooks cannot see. On a CPU the stack costs up to ~10% over separate nets (K
+members' activations leave the cache); on a GPU one bmm per layer for all K is the point: one
+member's 3072 → 1024 → 10 step is far too small to fill the device (issue 13: K = 45 stacked reach
+~46 TFLOP/s on an H200, 5–7× one model), and ``vmap`` would lower to the same bmm.
 
 Exactness, measured on this CPU: member k's forward, loss and ∂W1 are bitwise those of its single
-run; ∂W2 differs by summation order (≤ 1e-6 relative: bmm and mm block the 10×256×1024 product
-differently). The SGD update ``W.addcmul_(∇W, −lr)`` is bitwise ``torch.optim.SGD``'s.
+run; ∂W2 is bitwise at small widths and within ~1e-6 relative at width 1024 (bmm and mm may block the
+k × B × width product differently). The SGD update ``W.addcmul_(∇W, −lr)`` is bitwise
+``torch.optim.SGD``'s. On a GPU cuBLAS picks its own kernels: equal up to summation order.
 
 Only ScaledMLP is stacked. The Section 5 ConvNet would need grouped convolutions (members as groups)
 and max-pooling on a member axis, and its alignment uses per-example gradients by unfold, not the

@@ -2,11 +2,16 @@
 
 On a measuring step, hooks on the stacked layers of :class:`~lightning_mem.ensemble.StackedMLP`
 record what the ordinary forward and backward already hold — each layer's input A (K, B, in) and
-the gradient G (K, B, out) at its output — and one batched pass builds every member's Grams
-(K, P, B, B): K_W = (A Aᵀ)∘(G Gᵀ) for ``hidden.weight`` and ``out.weight``, G_z G_zᵀ for the logits
-and H Hᵀ for the representation ``act``. No per-example gradient is formed and no extra pass runs.
-The measures are :func:`lightning_mem.alignment.class_measures_from_gram` itself, vmapped over the
-members (each member has its own labels), so the definitions cannot drift from the single run's.
+the gradient G (K, B, out) at its output — and one batched pass builds every member's Grams:
+K_W = (A Aᵀ)∘(G Gᵀ) for ``hidden.weight`` and ``out.weight``, G_z G_zᵀ for the logits and H Hᵀ for
+the representation ``act``. No per-example gradient is formed and no extra pass runs.
+
+Every measure reads only the same-class entries of a Gram, so only its C in-class blocks are built:
+each member's batch is grouped by class into blocks of m rows (m = the largest class count of the
+step; shorter blocks are padded with rows labelled as an extra class, which no measure of a real
+class reads). That is C·m² instead of B² entries per Gram — about 4× fewer flops for B = 256 and
+10 classes. The measures are :func:`lightning_mem.alignment.class_measures_from_gram` itself,
+vmapped over the (member, class) blocks, so the definitions cannot drift from the single run's.
 """
 
 from __future__ import annotations
@@ -16,11 +21,18 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 from torch.utils.hooks import RemovableHandle
 
-from lightning_mem.alignment import MEASURES, class_alignment_from_sums, class_measures_from_gram, class_sums
+from lightning_mem.alignment import (
+    MEASURES,
+    PerClass,
+    class_alignment_from_sums,
+    class_measures_from_gram,
+    class_sums,
+)
 from lightning_mem.callbacks import AlignmentMonitor
 from lightning_mem.ensemble import StackedLinear, StackedMLP
 from lightning_mem.ensemble_module import EnsembleModule
@@ -28,10 +40,34 @@ from lightning_mem.grams import ieee_fp32
 
 
 def member_grams(vectors: Tensor) -> Tensor:
-    """(K, B, n) -> (K, B, B) fp64 Gram of each member's rows (matmul in ≥ fp32 without TF32)."""
+    """(..., B, n) -> (..., B, B) fp64 Gram of the rows of each leading index (matmul in ≥ fp32, no TF32)."""
     v = vectors.detach().to(torch.promote_types(vectors.dtype, torch.float32))
     with ieee_fp32():
-        return torch.bmm(v, v.mT).double()
+        return torch.matmul(v, v.mT).double()
+
+
+def class_blocks(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Each member's batch grouped by class: ``(rows, block_labels)``, both (K, C, m).
+
+    ``rows[k, c]`` are the batch positions of member k's examples of class c, padded to m (the
+    largest count; one host sync) with positions whose ``block_labels`` is C, an extra class.
+    """
+    K, B = labels.shape
+    counts = F.one_hot(labels, num_classes).sum(1)  # (K, C)
+    m = max(int(counts.max()), 2)
+    order = torch.argsort(labels, dim=1, stable=True)  # (K, B): positions grouped by class
+    r = torch.arange(m, device=labels.device)
+    pos = (counts.cumsum(1) - counts)[..., None] + r  # (K, C, m) into ``order``
+    rows = order.gather(1, pos.clamp(max=B - 1).flatten(1)).view(K, num_classes, m)
+    classes = torch.arange(num_classes, device=labels.device)[None, :, None]
+    return rows, torch.where(r < counts[..., None], classes, num_classes)
+
+
+def gather_blocks(vectors: Tensor, rows: Tensor) -> Tensor:
+    """(K, B, n) rows gathered into (K, C, m, n) blocks by ``rows`` (K, C, m) of :func:`class_blocks`."""
+    K, B = vectors.shape[:2]
+    flat = (rows + B * torch.arange(K, device=rows.device)[:, None, None]).flatten()
+    return vectors.flatten(0, 1).index_select(0, flat).view(*rows.shape, -1)
 
 
 class StackedCapture:
@@ -186,25 +222,39 @@ class EnsembleAlignmentMonitor(L.Callback):
             self._labels = None
 
     def _measure(self, capture: StackedCapture, labels: Tensor) -> tuple[list[str], Tensor] | None:
-        """Every member's Grams (K, P, B, B) and every measure, in one vmapped pass: (keys, (K, n))."""
-        grams: dict[str, Tensor] = {}
-        rep = member_grams(capture.features) if capture.features is not None else None
+        """Every member's in-class Gram blocks and every measure, in one vmapped pass: (keys, (K, n))."""
+        C = self._num_classes
+        rows, block_labels = class_blocks(labels, C)  # labels (K, B) come with the batch, on its device
+        feats = capture.features
+        rep = member_grams(gather_blocks(feats, rows)) if feats is not None else None  # (K, C, m, m)
+        factors: dict[str, tuple[Tensor, ...]] = {}  # Gram name -> the Gram blocks whose product it is
         for name in capture.layers:
             if name in capture.grads and name in capture.inputs:
                 a, g = capture.inputs[name], capture.grads[name]
-                k_a = rep if rep is not None and _same(a, capture.features) else member_grams(a)
-                k_g = member_grams(g)
-                grams[f"{name}.weight"] = k_a * k_g
+                k_a = rep if rep is not None and _same(a, feats) else member_grams(gather_blocks(a, rows))
+                k_g = member_grams(gather_blocks(g, rows))
+                factors[f"{name}.weight"] = (k_a, k_g)
                 if name == "out":  # the net's output: its gradient is the logits' gradient
-                    grams["logits"] = k_g
+                    factors["logits"] = (k_g,)
         if rep is not None:
-            grams["rep:act"] = rep
-        if not grams:
+            factors["rep:act"] = (rep,)
+        if not factors:
             return None
-        names = list(grams)
-        K = torch.stack([grams[n] for n in names], 1)  # (K_members, P, B, B)
-        C = self._num_classes
-        stats = vmap(lambda k, y: class_measures_from_gram(k, y, C, self.measures))(K, labels.to(K.device))
+        names = list(factors)
+        first = factors[names[0]][0]
+        K = first.new_empty(len(names), *first.shape)  # (P, K_members, C, m, m), filled in place
+        for i, name in enumerate(names):
+            f = factors[name]
+            torch.mul(f[0], f[1], out=K[i]) if len(f) == 2 else K[i].copy_(f[0])
+        members = len(labels)
+        measures = vmap(lambda k, y: class_measures_from_gram(k, y, C + 1, self.measures), in_dims=(1, 0))
+        blocks = measures(K.flatten(1, 2), block_labels.flatten(0, 1).to(K.device))  # over (member, class)
+        stats = {}
+        for key, result in blocks.items():  # block c's value of class c: (K, C, P, C + 1) -> (K, P, C)
+            per_class = result.values.view(members, C, len(names), C + 1)[..., :C].diagonal(dim1=1, dim2=3)
+            present = result.present.view(members, C, C + 1)[..., :C].diagonal(dim1=1, dim2=2)[:, None]
+            mean = torch.where(present, per_class, torch.zeros_like(per_class)).sum(-1) / present.sum(-1)
+            stats[key] = PerClass(per_class, present, mean)  # NaN mean where no class has 2 examples
         unit = float(labels.shape[1])  # the recorded gradients are of ℓ_i / B
         keys: list[str] = []
         values: list[Tensor] = []

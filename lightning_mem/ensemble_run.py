@@ -155,8 +155,8 @@ def fit_ensemble(
         cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch}",
                                    auto_insert_metric_name=False, save_last=True, every_n_epochs=1))
     trainer_kwargs = {"enable_progress_bar": False, "enable_model_summary": False, **trainer_kwargs}
-    trainer = L.Trainer(logger=False, callbacks=cbs, enable_checkpointing=checkpoint_dir is not None,
-                        **trainer_kwargs)
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in cbs)
+    trainer = L.Trainer(logger=False, callbacks=cbs, enable_checkpointing=checkpointing, **trainer_kwargs)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     results = []
     for k, divergence in enumerate(module.divergence()):
