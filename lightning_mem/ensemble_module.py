@@ -167,8 +167,12 @@ class EnsembleModule(L.LightningModule):
     # ------------------------------------------------------------------ epoch ends
 
     def on_fit_start(self) -> None:
-        if self.trainer.world_size > 1:
+        trainer = self.trainer
+        if trainer.world_size > 1:
             raise RuntimeError("EnsembleModule trains on one device; run one ensemble per device instead")
+        if trainer.accumulate_grad_batches != 1 or trainer.precision != "32-true":
+            raise ValueError("EnsembleModule supports accumulate_grad_batches=1 and precision='32-true' only;"
+                             f" got {trainer.accumulate_grad_batches} and {trainer.precision!r}")
         datamodule = getattr(self.trainer, "datamodule", None)
         self._label_noise = float(getattr(datamodule, "label_noise", 0.0)) > 0
         member_data = getattr(datamodule, "member_data", None)

@@ -427,6 +427,9 @@ def test_bad_combinations_are_refused() -> None:
     trainer = L.Trainer(logger=False, **_trainer_kwargs(1))
     with pytest.raises(TypeError, match=r"EnsembleAlignmentMonitor needs an EnsembleModule"):
         EnsembleAlignmentMonitor().setup(trainer, single, "fit")
+    module, dm = build_ensemble(members, width=8, dataset="digits")
+    with pytest.raises(ValueError, match=r"accumulate_grad_batches=1 and precision='32-true' only; got 2"):
+        fit_ensemble(module, dm, accumulate_grad_batches=2, **_trainer_kwargs(1))
     with pytest.raises(ValueError, match=r"train_subset=5000 is larger than the digits train split"):
         EnsembleData(members, dataset="digits", train_subset=5000).setup("fit")
 
