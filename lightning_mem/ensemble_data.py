@@ -18,6 +18,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
 from lightning_mem.data import (
+    DatasetName,
     ImageClassificationData,
     LabelNoiseMode,
     Normalization,
@@ -101,7 +102,7 @@ class EnsembleData(LightningDataModule):
     def __init__(
         self,
         members: Sequence[MemberSpec],
-        dataset: str = "mnist5k",
+        dataset: DatasetName = "mnist5k",
         data_dir: str = "data",
         download: bool = False,
         batch_size: int = 256,
@@ -124,18 +125,11 @@ class EnsembleData(LightningDataModule):
         self.shared = ImageClassificationData(**common)  # type: ignore[arg-type]
         self.batch_size, self.label_noise, self.label_noise_mode = batch_size, label_noise, label_noise_mode
         self.train_subset = train_subset
+        self.num_classes, self.input_shape = self.shared.num_classes, self.shared.input_shape
         # Set by setup(): rows, labels, noisy (K, n) per member; images and held-out data are shared.
         self.rows: Tensor
         self.labels: Tensor
         self.noisy: Tensor
-
-    @property
-    def num_classes(self) -> int:
-        return self.shared.num_classes
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return self.shared.input_shape
 
     def prepare_data(self) -> None:
         self.shared.prepare_data()

@@ -201,10 +201,10 @@ class EnsembleAlignmentMonitor(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
     ) -> None:
-        if self._pending is None:
+        pending, self._pending = self._pending, None
+        if pending is None:
             return
-        keys, values = self._pending
-        self._pending = None
+        keys, values = pending
         assert isinstance(pl_module, EnsembleModule)
         if self.gradients:  # ‖∇W_k‖ / ‖W_k‖ of the step's gradient, before the divergence guard masks it
             params = dict(pl_module.net.named_parameters())
