@@ -357,6 +357,16 @@ def test_member_checkpoint_validates_alone(packed_and_single: dict[str, Any]) ->
     assert metrics["val/loss"] == pytest.approx(run["results"][k].metrics["val/loss"], rel=1e-5)
 
 
+def test_ensemble_test_stage_reports_each_member(packed_and_single: dict[str, Any]) -> None:
+    run = packed_and_single
+    module = run["module"]
+    module.member_loggers = [[] for _ in run["members"]]  # keep the fit's metrics.csv files as they are
+    trainer = L.Trainer(logger=False, **_trainer_kwargs(1))
+    trainer.test(module, datamodule=EnsembleData(run["members"], **DIGITS), verbose=False)
+    for k, result in enumerate(run["results"]):  # the held-out split again, with the final weights
+        assert module.last_metrics[k]["test/acc"] == pytest.approx(result.metrics["val/acc"], abs=1e-12)
+
+
 DIVERGE = {"dataset": "digits", "batch_size": 256}
 
 
