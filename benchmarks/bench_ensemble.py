@@ -450,6 +450,9 @@ def _layout_row(d: int, K: int, rounds: int) -> list[str]:
     nets = [ScaledMLP((1, d, 1), 10, 1024, "sin", 0.1) for _ in range(K)]
     x, y = torch.randn(K, B, d), torch.randint(0, 10, (K, B))
     stacked = StackedMLP((d,), 10, 1024, "sin", [0.1] * K)
+    with torch.no_grad():  # the same weights as the other layouts (sin of garbage is slow)
+        stacked.hidden.weight.copy_(torch.stack([n.hidden.weight for n in nets]))
+        stacked.out.weight.copy_(torch.stack([n.out.weight for n in nets]))
     w1 = torch.stack([n.hidden.weight.detach() for n in nets]).requires_grad_()
     w2 = torch.stack([n.out.weight.detach() for n in nets]).requires_grad_()
     params, _ = stack_module_state(nets)  # type: ignore[arg-type]

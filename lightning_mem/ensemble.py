@@ -11,21 +11,21 @@ that autograd differentiates is the sum over members, so members are decoupled: 
 is the gradient of its own loss, and a NaN in member j never reaches member k.
 
 How the members are batched, chosen by measurement: CPU ms per member-step of raw training steps
-(no Lightning), K = 20 sin MLPs d → 1024 → 10, batch 256, 1 thread, load average ~8 on 2 cores
-(``python benchmarks/bench_ensemble.py --modes layout --threads 1``, median of 3 rounds of 5 steps):
+(no Lightning), K = 20 sin MLPs d → 1024 → 10, batch 256, 1 thread, load average 2.5–4.7 on 2 cores
+(``python benchmarks/bench_ensemble.py --modes layout --threads 1 --rounds 5``, median of 5 rounds):
 
-    layout                                                 d = 64    d = 784
-    autograd through ``x @ W.mT`` (bmm)                      2.93      13.53
-    ``stack_module_state`` + ``vmap(grad(...))``             2.25      12.03
-    this module's stacked linear (bmm, nn.Linear's backward) 2.54      11.52
-    K separate nets, one after another                       2.65      10.64
+    layout                                                   d = 64    d = 784
+    autograd through ``x @ W.mT`` (bmm)                        2.87      13.34
+    ``stack_module_state`` + ``vmap(grad(...))``               2.30      11.73
+    this module's stacked linear (bmm, nn.Linear's backward)   2.23      10.92
+    K separate nets, one after another                         2.19      10.55
 
 Autograd through ``x @ W.mT`` returns ∂W as a transposed view, and the update and the next bmm
 then walk it with strides; :class:`_StackedLinear` gives the batched matmul nn.Linear's own backward
-(∂W_k = G_kᵀ X_k, contiguous), which is as fast as ``vmap(grad(...))`` (within the noise of a busy
-machine) while keeping ordinary autograd, modules and hooks: a Gram needs each layer's input and
+(∂W_k = G_kᵀ X_k, contiguous), which is faster than ``vmap(grad(...))`` and keeps ordinary
+autograd, modules and hooks: a Gram needs each layer's input and
 output gradient, and Lightning's loop needs one ordinary backward, which ``vmap(grad)`` replaces by a
-functional call that hooks cannot see. On a CPU the stack costs up to ~10% over separate nets (K
+functional call that hooks cannot see. On a CPU the stack costs 2–4% over separate nets (K
 members' activations leave the cache); on a GPU one bmm per layer for all K is the point: one
 member's 3072 → 1024 → 10 step is far too small to fill the device (issue 13: K = 45 stacked reach
 ~46 TFLOP/s on an H200, 5–7× one model), and ``vmap`` would lower to the same bmm.
