@@ -22,13 +22,13 @@ How the members are batched, chosen by measurement: CPU ms per member-step of ra
 
 Autograd through ``x @ W.mT`` returns ∂W as a transposed view, and the update and the next bmm
 then walk it with strides; :class:`_StackedLinear` gives the batched matmul nn.Linear's own backward
-(∂W_k = G_kᵀ X_k, contiguous), which is faster than ``vmap(grad(...))`` and keeps ordinary
-autograd, modules and hooks: a Gram needs each layer's input and
-output gradient, and Lightning's loop needs one ordinary backward, which ``vmap(grad)`` replaces by a
-functional call that hooks cannot see. On a CPU the stack costs 2–4% over separate nets (K
-members' activations leave the cache); on a GPU one bmm per layer for all K is the point: one
-member's 3072 → 1024 → 10 step is far too small to fill the device (issue 13: K = 45 stacked reach
-~46 TFLOP/s on an H200, 5–7× one model), and ``vmap`` would lower to the same bmm.
+(∂W_k = G_kᵀ X_k, contiguous), which is faster than ``vmap(grad(...))`` and keeps ordinary autograd,
+modules and hooks: a Gram needs each layer's input and output gradient, and Lightning's loop needs
+one ordinary backward, which ``vmap(grad)`` replaces by a functional call that hooks cannot see. On a
+CPU the stack costs 2–4% over separate nets (K members' activations leave the cache); on a GPU one
+bmm per layer for all K is the point: one member's 3072 → 1024 → 10 step is far too small to fill
+the device (issue 13: K = 45 stacked reach ~46 TFLOP/s on an H200, 5–7× one model), and ``vmap``
+would lower to the same bmm.
 
 Exactness, measured on this CPU: member k's forward, loss and ∂W1 are bitwise those of its single
 run; ∂W2 may differ by summation order (bmm and mm can block the k × B × width product differently;
