@@ -1,0 +1,166 @@
+"""Running an ensemble: build it from members, fit it on a Lightning Trainer, return per-member results.
+
+This is the entry point for the CLI and the sweep runner: a group of grid points that differ only in
+the packable keys (:data:`PACKABLE_KEYS`) becomes a list of :class:`~lightning_mem.ensemble.MemberSpec`;
+:func:`build_ensemble` makes the system and the data, :func:`fit_ensemble` trains them and returns one
+plain :class:`MemberResult` per member (status, divergence record, last value of every logged key,
+checkpoint path), which is what each member's ``status.json`` and the sweep manifest need.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+
+from lightning_mem.ensemble import MemberSpec, StackedMLP
+from lightning_mem.ensemble_data import EnsembleData
+from lightning_mem.ensemble_module import EnsembleModule
+from lightning_mem.ensemble_monitor import EnsembleAlignmentMonitor
+from lightning_mem.nets import Activation
+
+# Dotted config keys of a single run that may differ between the members of one ensemble.
+PACKABLE_KEYS = {
+    "seed_everything": "seed",
+    "model.net.init_std": "init_std",
+    "model.net.init_args.init_std": "init_std",
+    "model.lr": "lr",
+    "model.loss_scale": "loss_scale",
+    "data.label_seed": "label_seed",
+}
+
+
+@dataclass
+class MemberResult:
+    """How one member ended, as plain data.
+
+    Attributes:
+        member: Its seed, σ, lr, loss scale, label seed.
+        status: ``finished`` or ``diverged``.
+        metrics: The last logged value of every key (``train/acc``, ``val/acc``, ``align/...``, ``epoch``).
+        divergence: None, or ``{"step", "epoch", "reason", "message"}`` (as ``DivergedError``'s).
+        checkpoint: Its last single-run-format checkpoint, if :class:`MemberCheckpoint` wrote one.
+    """
+
+    member: MemberSpec
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    divergence: dict[str, Any] | None = None
+    checkpoint: str | None = None
+
+    def status_record(self) -> dict[str, Any]:
+        """The fields of its ``status.json`` (``RunStatus``'s form: status, then step/reason if diverged)."""
+        record: dict[str, Any] = {"status": self.status}
+        if self.divergence is not None:
+            record |= {k: self.divergence[k] for k in ("step", "reason", "message")}
+        return record
+
+
+def member_checkpoint(module: EnsembleModule, k: int, epoch: int, global_step: int) -> dict[str, Any]:
+    """Member k as a single run's Lightning checkpoint: a ``MemorizationModule`` state dict and hparams.
+
+    ``Trainer.validate(MemorizationModule(ScaledMLP(...)), ckpt_path=...)`` and ``test`` load it; it has
+    no loop or optimizer state, so it cannot resume a single-run fit (resume the ensemble instead).
+    """
+    return {
+        "epoch": epoch, "global_step": global_step, "pytorch-lightning_version": L.__version__,
+        "state_dict": module.member_state_dict(k), "hyper_parameters": module.member_hparams(k),
+        "hparams_name": "kwargs", "member": module.hparams["members"][k],
+    }
+
+
+class MemberCheckpoint(L.Callback):
+    """At every training epoch end, writes each alive member's weights to ``<dirpaths[k]>/<filename>``.
+
+    The format of :func:`member_checkpoint`, written atomically (temp file + rename). A diverged
+    member's file is never overwritten, so it keeps its last good epoch, as a single run's ``last.ckpt``.
+    """
+
+    def __init__(self, dirpaths: Sequence[str | Path], filename: str = "last.ckpt") -> None:
+        super().__init__()
+        self.dirpaths = [Path(d) for d in dirpaths]
+        self.filename = filename
+
+    def path(self, k: int) -> Path:
+        return self.dirpaths[k] / self.filename
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, EnsembleModule)
+        if len(self.dirpaths) != pl_module.num_members:
+            raise ValueError(f"MemberCheckpoint has {len(self.dirpaths)} folders for "
+                             f"{pl_module.num_members} members")
+        for k, alive in enumerate(pl_module.alive.tolist()):
+            if alive:
+                path = self.path(k)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                torch.save(member_checkpoint(pl_module, k, trainer.current_epoch, trainer.global_step), tmp)
+                os.replace(tmp, path)
+
+
+def build_ensemble(
+    members: Sequence[MemberSpec], *, width: int = 1024, activation: Activation = "sin",
+    loss: str = "cross_entropy", loss_scale_with_init: bool = False, **data_kwargs: Any,
+) -> tuple[EnsembleModule, EnsembleData]:
+    """The system and data of an ensemble of ScaledMLP runs; ``data_kwargs`` are ``ImageClassificationData``'s
+    (``dataset``, ``batch_size``, ``label_noise``, ``train_subset``, ...; no ``seed``/``label_seed``)."""
+    data = EnsembleData(members, **data_kwargs)
+    net = StackedMLP.from_members(members, data.input_shape, data.num_classes, width, activation)
+    return EnsembleModule(net, members, loss, loss_scale_with_init), data  # type: ignore[arg-type]
+
+
+def fit_ensemble(
+    module: EnsembleModule,
+    data: EnsembleData,
+    *,
+    member_loggers: Sequence[Sequence[Logger]] | None = None,
+    monitor: EnsembleAlignmentMonitor | None = None,
+    checkpoint_dir: str | Path | None = None,
+    member_checkpoint_dirs: Sequence[str | Path] | None = None,
+    ckpt_path: str | Path | None = None,
+    callbacks: Sequence[L.Callback] = (),
+    **trainer_kwargs: Any,
+) -> list[MemberResult]:
+    """Fit the ensemble on a Lightning ``Trainer`` and return one :class:`MemberResult` per member.
+
+    Args:
+        member_loggers: ``member_loggers[k]``: the Lightning loggers of member k (e.g. a ``CSVLogger``
+            writing its run folder's ``metrics.csv``). The trainer itself has no logger.
+        monitor: Per-member alignment (None: none).
+        checkpoint_dir: Where the whole ensemble is checkpointed at every epoch end (``epoch<N>.ckpt``,
+            newest kept, and ``last.ckpt``, as the CLI's single runs); None: no checkpoints.
+        member_checkpoint_dirs: Folder per member for its single-run-format ``last.ckpt``.
+        ckpt_path: An ensemble checkpoint to resume from (weights, divergence state, epoch and step).
+        trainer_kwargs: ``lightning.Trainer`` arguments (``max_epochs``, ``accelerator``, ...).
+    """
+    if member_loggers is not None:
+        if len(member_loggers) != module.num_members:
+            raise ValueError(f"member_loggers has {len(member_loggers)} lists for "
+                             f"{module.num_members} members")
+        module.member_loggers = [list(x) for x in member_loggers]
+    cbs: list[L.Callback] = list(callbacks)
+    if monitor is not None:
+        cbs.append(monitor)
+    saver = MemberCheckpoint(member_checkpoint_dirs) if member_checkpoint_dirs is not None else None
+    if saver is not None:
+        cbs.append(saver)
+    if checkpoint_dir is not None:
+        cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch}",
+                                   auto_insert_metric_name=False, save_last=True, every_n_epochs=1))
+    trainer_kwargs = {"enable_progress_bar": False, "enable_model_summary": False, **trainer_kwargs}
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in cbs)
+    trainer = L.Trainer(logger=False, callbacks=cbs, enable_checkpointing=checkpointing, **trainer_kwargs)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    results = []
+    for k, divergence in enumerate(module.divergence()):
+        ckpt = saver.path(k) if saver is not None and saver.path(k).is_file() else None
+        results.append(MemberResult(module.members[k], "finished" if divergence is None else "diverged",
+                                    dict(module.last_metrics[k]), divergence, str(ckpt) if ckpt else None))
+    return results
