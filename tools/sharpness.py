@@ -9,7 +9,8 @@ Hessian-vector products (double backward), over the whole training set and over 
 for the W1 block, the W2 block and both together, and writes one CSV row per (σ, seed).
 
     python tools/sharpness.py --sigma 0.001 0.01 0.1 1 10 --seeds 0 1 2 --batches 2 --iters 20 \\
-        --out docs/data/sharpness/sharpness.csv --spectrum-out docs/data/sharpness/spectrum.csv
+        --out docs/data/sharpness/sharpness.csv --spectrum-out docs/data/sharpness/spectrum.csv \\
+        --gd-out docs/data/sharpness/frozen_gd.csv
 """
 
 from __future__ import annotations
@@ -76,6 +77,45 @@ def spectrum_rows(
     ]
 
 
+GD_STEPS = tuple(
+    16 * e for e in (0, 20, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+)  # epochs of 16 steps
+
+
+def frozen_feature_gd(
+    x: Tensor, y: Tensor, num_classes: int, width: int, sigma: float, seed: int, input_shape: Sequence[int]
+) -> list[dict[str, float]]:
+    """Full-batch gradient descent on W2 alone (W1 frozen at init) with the squared loss at
+    lr = 1/λ_max, in closed form: with H = U S Vᵀ the (N, width) features, the residual along u_k
+    shrinks by (1 − lr λ_k)^t, λ_k = 2 s_k² / (k N). For t in :data:`GD_STEPS`: the std of what is left
+    of the initial function W2₀H and the train accuracy of argmax of the logits. The model of a ReLU
+    net at large σ, where W1 barely moves (no SGD noise, no W1 motion)."""
+    torch.manual_seed(seed)
+    net = ScaledMLP(input_shape, num_classes, width, "relu", sigma).double()
+    with torch.no_grad():
+        h = torch.relu(x.reshape(len(x), -1) @ net.hidden.weight.T)  # (N, width)
+        z0 = h @ net.out.weight.T  # (N, k) initial logits
+        target = torch.nn.functional.one_hot(y, num_classes).double()
+        u, s, _ = torch.linalg.svd(h, full_matrices=False)  # u (N, width)
+        lam = s.pow(2) * (2.0 / (num_classes * len(h)))
+        coef = u.T @ (z0 - target)  # residual along each direction
+        outside = (z0 - target) - u @ coef  # outside the features' span: never moves
+        rows = []
+        for t in GD_STEPS:
+            shrink = (1 - lam / lam[0]).pow(t)[:, None]
+            logits = target + outside + u @ (shrink * coef)
+            rows.append(
+                {
+                    "sigma": sigma,
+                    "seed": seed,
+                    "steps": t,
+                    "init_std": float((u @ (shrink * (u.T @ z0))).std()),
+                    "train_acc": float((logits.argmax(1) == y).double().mean()),
+                }
+            )
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sigma", type=float, nargs="+", default=[0.001, 0.01, 0.1, 1.0, 10.0])
@@ -92,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="also (or only, with --no-hessian) write the W2 "
         "block's spectrum and the initial logit std per (σ, seed) here",
     )
+    parser.add_argument(
+        "--gd-out", type=Path, help="also write frozen_feature_gd's predictions per (σ, seed) here"
+    )
     parser.add_argument("--no-hessian", action="store_true", help="skip the power iterations")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -107,6 +150,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             for r in spectrum_rows(x, data.num_classes, args.width, sigma, seed, data.input_shape)
         ]
         write_csv(args.spectrum_out, spec)
+    if args.gd_out:
+        gd = [
+            r
+            for sigma in args.sigma
+            for seed in args.seeds
+            for r in frozen_feature_gd(x, y, data.num_classes, args.width, sigma, seed, data.input_shape)
+        ]
+        write_csv(args.gd_out, gd)
     if args.no_hessian:
         return
     rows = []
