@@ -13,7 +13,7 @@ from lightning_mem.grams import GramCapture, conv2d_per_example_grads, gram, iee
 # ----------------------------------------------------------------------------- Gram builders
 
 
-@pytest.mark.parametrize("T, d_in, d_out", [(3, 4, 5), (6, 2, 3)])  # Gram form (T² ≤ in·out) and P Pᵀ form
+@pytest.mark.parametrize("T, d_in, d_out", [(1, 4, 5), (3, 4, 5), (6, 2, 3)])  # T=1, Gram form, P Pᵀ form
 def test_linear_grams_with_sequence_dims(T: int, d_in: int, d_out: int) -> None:
     g = torch.Generator().manual_seed(8)
     a, go = (
