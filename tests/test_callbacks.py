@@ -472,3 +472,19 @@ def test_wandb_rows_agree_with_metrics_csv(tmp_path: Path) -> None:
 
     assert ours(wandb_rows) == ours(csv_rows)
     assert len(ours(csv_rows)) == 7  # steps 0, 4, 8 of training; val/align and val/acc of 2 epochs
+
+
+def test_lightning_minor_is_the_one_the_private_step_counter_was_checked_on() -> None:
+    # callbacks._epoch_end_step reads fit_loop.epoch_loop._batches_that_stepped, a private name:
+    # pyproject.toml bounds lightning to 2.6.x. Before raising that bound, check on the new minor that
+    # test_metrics_csv_keeps_the_logging_contract passes, then update the version here.
+    import lightning
+
+    major_minor = tuple(int(p) for p in lightning.__version__.split(".")[:2])
+    assert major_minor == (2, 6), (
+        f"lightning {lightning.__version__}: AlignmentMonitor was checked against 2.6's private "
+        "`_batches_that_stepped`; verify it on this version and update this test and pyproject's bound"
+    )
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+    assert "_batches_that_stepped" in _TrainingEpochLoop.__init__.__code__.co_names
