@@ -113,6 +113,7 @@ class MemberStatus(L.Callback):
     ``finished`` at the fit's end, ``interrupted`` (SIGTERM, Ctrl-C) or ``failed`` on an exception. Every
     record has ``global_step`` and ``epoch`` (the trainer's then; a diverged record: the epoch of the
     divergence). ``dirpaths[k]`` None: member k is not written (a member that ended before a resume).
+    On an exception it also flushes every member's loggers, as Lightning flushes a single run's.
     """
 
     def __init__(self, dirpaths: Sequence[str | Path | None]) -> None:
@@ -158,6 +159,8 @@ class MemberStatus(L.Callback):
     ) -> None:
         if trainer.state.fn != "fit":
             return
+        assert isinstance(pl_module, EnsembleModule)
+        pl_module.save_member_logs()  # the rows logged so far reach the files (Lightning flushes its own)
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             status = "interrupted"
             reason = "SIGTERM" if isinstance(exception, SIGTERMException) else "KeyboardInterrupt"

@@ -444,8 +444,10 @@ class LocalSweep:
         if returncode == 2 and not interrupted:
             refusal = error_line(output) or "the ensemble refused these runs"
             log.warning("%s refused its %d runs (%s); they run alone", job.pack, len(job.rids), refusal)
-            for rid in job.rids:
-                self.runs[rid].update(status="pending", pack=None, reason=refusal, pid=None)
+            for rid in job.rids:  # not an attempt: nothing ran
+                entry = self.runs[rid]
+                entry.update(status="pending", pack=None, reason=refusal, attempts=entry["attempts"] - 1)
+                entry.pop("pid", None)
                 self._t0.pop(rid, None)
             return [Job([rid]) for rid in job.rids]
         for rid in job.rids:
