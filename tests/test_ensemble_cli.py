@@ -257,3 +257,47 @@ def test_a_member_folder_in_use_is_refused(tmp_path: Path, caplog: pytest.LogCap
     assert f"is in use by another process (pid {os.getpid()}" in caplog.text
     assert not (tmp_path / "g" / "e_00_seed0" / "metrics.csv").exists()
     assert rundir.lock_holder(tmp_path / "g" / "e_00_seed0") is None  # the claims made are released
+
+
+@pytest.mark.slow  # an ensemble of 3 with W&B offline in a subprocess: ~20 s
+def test_each_member_is_its_own_wandb_run(tmp_path: Path) -> None:
+    """One offline W&B run per member in its run folder: id = member id, group = run.name, the nested
+    config and the ``hp`` block (= hp.json), the declared metrics, every row of its metrics.csv; finished."""
+    import csv
+    import subprocess
+    import sys
+
+    from test_wandb import _history, read_wandb_records, wandb_config
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env |= {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb_dir"), "WANDB_SILENT": "true",
+            "WANDB_CACHE_DIR": str(tmp_path / "cache"), "WANDB_CONFIG_DIR": str(tmp_path / "config")}
+    cmd = [sys.executable, "-m", "lightning_mem", "ensemble", "fit", *BASE, "--config",
+           str(REPO / "configs/logger/wandb.yaml"), "--run.root", str(tmp_path / "runs"), "--run.name", "wb",
+           "--run.id", "e", "--ensemble.init_std", "0.01,1,10"]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    members = [tmp_path / "runs" / "wb" / m["run_id"] for m in read_pack(tmp_path / "runs" / "wb" / "e")]
+    sigmas = []
+    for run_dir in members:
+        (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+        assert path.name == f"run-{run_dir.name}.wandb"
+        records = read_wandb_records(path)
+        run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+        assert (run.run_id, run.run_group) == (run_dir.name, "wb")
+        config = wandb_config(records)
+        hp = json.loads((run_dir / "hp.json").read_text())
+        assert config["hp"] == hp and config["run"]["id"] == run_dir.name
+        assert config["model"]["net"]["init_args"]["init_std"] == hp["init_std"]
+        sigmas.append(hp["init_std"])
+        defined = {r.metric.name or r.metric.glob_name: r.metric.step_metric
+                   for r in records if r.WhichOneof("record_type") == "metric"}
+        assert defined["val/acc"] == defined["align/*"] == "trainer/global_step"
+        with (run_dir / "metrics.csv").open(newline="") as fh:
+            rows = [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(fh)]
+        history = [{k: v for k, v in h.items() if not k.startswith("_")} for h in _history(records)]
+        for h in history:
+            h["step"] = h.pop("trainer/global_step")
+        assert history == rows and len(rows) > 4
+        assert any(r.WhichOneof("record_type") == "exit" and r.exit.exit_code == 0 for r in records)
+    assert sigmas == [0.01, 1.0, 10.0]
