@@ -123,6 +123,16 @@ def test_a_member_checkpoint_alone_validates(grid: dict[str, Any], tmp_path: Pat
 
 
 def test_report_sees_ordinary_runs(grid: dict[str, Any], tmp_path: Path) -> None:
+    """``report`` writes the same summary; the runs ``report`` and ``dashboard`` load (``runlog``) have the
+    same canonical hyperparameters, config, status and metric keys as the single runs'."""
+    from lightning_mem.runlog import load_runs
+
+    packed, single = (load_runs([root / "g"], statuses=None) for root in (grid["root"], grid["single_root"]))
+    assert [r.path.name for r in packed] == [r.path.name for r in single] and len(packed) == 4
+    for a, b in zip(packed, single, strict=True):
+        assert (a.hp, a.status, sorted(a.metrics)) == (b.hp, b.status, sorted(b.metrics))
+        old, new = str(grid["single_root"]), str(grid["root"])
+        assert json.dumps(a.params, default=str) == json.dumps(b.params, default=str).replace(old, new)
     out = {}
     for name, root in (("packed", grid["root"]), ("single", grid["single_root"])):
         assert lm("report", str(root / "g"), "--out", str(tmp_path / name)) == 0
