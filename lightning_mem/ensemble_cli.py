@@ -44,8 +44,7 @@ ENSEMBLE_KEYS = {
     "loss_scale": "--model.loss_scale",
     "label_seed": "--data.label_seed",
 }
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGTERM = 2, 3, 143
-DONE = ("finished", "diverged")
+EXIT_BAD_INPUT = 2  # the other codes come from lightning_mem.ensemble_fit (3 diverged, 143 SIGTERM)
 
 
 class UsageError(ValueError):

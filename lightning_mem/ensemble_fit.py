@@ -68,24 +68,29 @@ def member_loggers(member: Member, resume: tuple[int, int] | None) -> list[Any]:
     return out
 
 
-def _claim(member: Member, resume: bool, stack: contextlib.ExitStack) -> None:
-    """Lock the member's run folder for the ensemble's life; a folder that holds another run is refused."""
-    run_dir = member.run_dir
-    what = f"run folder {run_dir} (run.id={member.run_id!r})"
-    holder = rundir.lock_holder(run_dir)
-    if holder is not None:
-        raise rundir.LockedError(rundir.in_use_message(what, holder))
+def _refuse_if_taken(member: Member, resume: bool) -> None:
+    taken = rundir.holds_run(member.run_dir)
+    if taken and not resume:
+        raise PackError(f"run.id={member.run_id!r}: {member.run_dir} already holds a run "
+                        f"({', '.join(taken)}); resume its ensemble with `--ckpt_path last`, or leave "
+                        "--run.id unset for new runs")
 
-    def refuse_if_taken() -> None:
-        taken = rundir.holds_run(run_dir)
-        if taken and not resume:
-            raise PackError(f"run.id={member.run_id!r}: {run_dir} already holds a run ({', '.join(taken)}); "
-                            "resume its ensemble with `--ckpt_path last`, or leave --run.id unset for new "
-                            "runs")
 
-    refuse_if_taken()
-    stack.enter_context(rundir.FolderLock(run_dir, what))
-    refuse_if_taken()  # again under the lock
+def _claim(pack_dir: Path, members: Sequence[Member], resume: bool, stack: contextlib.ExitStack) -> None:
+    """Lock the ensemble's folder and every member's run folder for the ensemble's life. All are checked
+    (read-only) before any is created or locked; a member's folder again under its lock."""
+    folders = [(pack_dir, f"ensemble folder {pack_dir}")]
+    folders += [(m.run_dir, f"run folder {m.run_dir} (run.id={m.run_id!r})") for m in members]
+    for folder, what in folders:
+        holder = rundir.lock_holder(folder)
+        if holder is not None:
+            raise rundir.LockedError(rundir.in_use_message(what, holder))
+    for member in members:
+        _refuse_if_taken(member, resume)
+    for folder, what in folders:
+        stack.enter_context(rundir.FolderLock(folder, what))
+    for member in members:
+        _refuse_if_taken(member, resume)  # again under the locks: another process may have come first
 
 
 def _check_trainer(trainer: dict[str, Any]) -> None:
@@ -105,13 +110,11 @@ class Pack:
     """A prepared ensemble: its members, settings, built module and data, and the folder locks it holds."""
 
     def __init__(self, pack_dir: Path, members: list[Member], settings: PackSettings, module: EnsembleModule,
-                 data: EnsembleData, ckpt: Path | None, resume: tuple[int, int] | None, riders: list[bool],
-                 stack: contextlib.ExitStack) -> None:
+                 data: EnsembleData, monitor: EnsembleAlignmentMonitor | None, ckpt: Path | None,
+                 resume: tuple[int, int] | None, riders: list[bool], stack: contextlib.ExitStack) -> None:
         self.pack_dir, self.members, self.settings = pack_dir, members, settings
-        self.module, self.data = module, data
+        self.module, self.data, self.monitor = module, data, monitor
         self.ckpt, self.resume, self.riders, self.stack = ckpt, resume, riders, stack
-        self.monitor = (EnsembleAlignmentMonitor.from_monitor(settings.monitor)
-                        if settings.monitor is not None else None)
 
     def fit(self, callbacks: Sequence[L.Callback] = ()) -> int:
         """Train; 0 if every member finished, 3 if one diverged, 143 on SIGTERM (see ``ensemble_cli``)."""
@@ -187,18 +190,17 @@ def prepare_pack(pack_dir: Path, entries: Sequence[dict[str, Any]], ckpt: Path |
     except (FileNotFoundError, RuntimeError) as err:
         raise PackError(str(err)) from err
     _check_trainer(settings.trainer)
+    monitor = None if settings.monitor is None else EnsembleAlignmentMonitor.from_monitor(settings.monitor)
     stack = contextlib.ExitStack()
     try:
-        pack_dir.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(rundir.FolderLock(pack_dir, f"ensemble folder {pack_dir}"))
+        _claim(pack_dir, members, ckpt is not None, stack)
         riders = []
         for member, was_alive in zip(members, alive, strict=True):
-            _claim(member, ckpt is not None, stack)
             ended = (rundir.read_status(member.run_dir) or {}).get("status") in DONE
             riders.append(ckpt is not None and (ended or not was_alive))
         if write_members:
             write_pack(pack_dir, entries)
-        pack = Pack(pack_dir, members, settings, module, data, ckpt, resume, riders, stack)
+        pack = Pack(pack_dir, members, settings, module, data, monitor, ckpt, resume, riders, stack)
     except BaseException:
         stack.close()
         raise

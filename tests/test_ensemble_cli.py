@@ -264,9 +264,10 @@ def test_a_member_folder_in_use_is_refused(tmp_path: Path, caplog: pytest.LogCap
     with rundir.FolderLock(tmp_path / "g" / "e_01_seed1", "run folder"), \
             caplog.at_level(logging.ERROR, logger="lightning_mem"):
         assert lm(*argv) == 2
-    assert f"is in use by another process (pid {os.getpid()}" in caplog.text
-    assert not (tmp_path / "g" / "e_00_seed0" / "metrics.csv").exists()
-    assert rundir.lock_holder(tmp_path / "g" / "e_00_seed0") is None  # the claims made are released
+    held = tmp_path / "g" / "e_01_seed1"
+    assert f"the run folder {held} (run.id='e_01_seed1') is in use by another process (pid {os.getpid()}" \
+        in caplog.text
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["e_01_seed1"]  # no other folder was created
 
 
 @pytest.mark.slow  # an ensemble of 3 with W&B offline in a subprocess: ~20 s
