@@ -289,3 +289,24 @@ def test_a_pack_the_ensemble_refuses_runs_alone(tmp_path: Path) -> None:
     assert all(not r.get("pack") and r["attempts"] == 1 for r in runs.values())
     (log,) = (tmp_path / "runs" / "mom").glob("pack-*/output.log")
     assert "model.momentum=0.9: the ensemble does not support it (only 0.0)" in log.read_text()
+
+
+@pytest.mark.slow  # 4 single fits and one pack: ~30 s
+def test_a_diverging_run_of_a_pack_is_diverged_and_the_others_finish(tmp_path: Path) -> None:
+    """ReLU + squared loss, σ ∈ {0.1, 10} × lr ∈ {0.01, 1}: σ = 10 at lr 1 diverges in its first epoch, in
+    the pack as alone; the manifest records the same status, reason and first bad step either way."""
+    path = _sweep_file(tmp_path / "wild.yaml", {"model.net.init_std": {"values": [0.1, 10.0]},
+                                                "model.lr": {"values": [0.01, 1.0]}, **DIGITS,
+                                                "model.net.activation": {"value": "relu"},
+                                                "model.loss": {"value": "squared"}})
+    plain = _run_sweep(path, tmp_path / "plain")
+    packed = _run_sweep(path, tmp_path / "packed", "--pack", "--max-parallel", "1")
+    assert len({r["pack"] for r in packed.values()}) == 1
+    for rid, entry in packed.items():
+        expected = "diverged" if (entry["params"]["model.net.init_std"], entry["params"]["model.lr"]) == (
+            10.0, 1.0) else "finished"
+        assert entry["status"] == plain[rid]["status"] == expected, rid
+        assert entry["reason"] == plain[rid]["reason"]
+        steps = [rundir.read_status(Path(e["run_dir"])).get("diverged_step")  # type: ignore[union-attr]
+                 for e in (entry, plain[rid])]
+        assert steps[0] == steps[1]
