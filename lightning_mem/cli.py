@@ -365,12 +365,15 @@ class MemCLI(LightningCLI):
         self._before_run("test")
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> MemCLI:
-    """The configured CLI; ``run=False`` only parses and instantiates (for notebooks and tests)."""
+def build_cli(
+    args: list[str] | None = None, run: bool = True, cli_class: type[MemCLI] | None = None
+) -> MemCLI:
+    """The configured CLI; ``run=False`` only parses and instantiates (for notebooks and tests);
+    ``cli_class``: a subclass of :class:`MemCLI` built with the same settings (the ensemble's members)."""
     # omegaconf+ resolves ${...} on the whole config, whose root holds the subcommand (fit.model.lr); this
     # makes ${model.lr} in a config file mean the key of the file's own tree, as users write it.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    return MemCLI(
+    return (cli_class or MemCLI)(
         MemorizationModule,
         ImageClassificationData,
         seed_everything_default=0,
