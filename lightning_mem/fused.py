@@ -331,6 +331,7 @@ class FusedSGD:
             replay.capture(lambda: self._step(statics))  # bound now, as a graph binds its buffers
             return replay
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: a CUDA call from another thread (a logger's) during the capture is not an error
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._step(statics)
         return graph
