@@ -503,7 +503,8 @@ class ImageClassificationData(LightningDataModule):
         ``set_epoch``) is right at that point and equals ``current_epoch`` once the epoch runs."""
         if self.trainer is None:
             return None
-        return int(self.trainer.fit_loop.epoch_progress.current.processed)
+        current = self.trainer.fit_loop.epoch_progress.current  # a _ProcessedTracker (typed as its base)
+        return int(getattr(current, "processed", current.completed))
 
     def _require_setup(self) -> None:
         if not self._prepared:
