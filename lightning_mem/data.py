@@ -18,7 +18,7 @@ from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
 from torch import Tensor
 
 from lightning_mem.checks import check_choice
@@ -341,6 +341,35 @@ class TensorBatchLoader:
         return tuple(_gather_rows(flat, rows).view(-1, *shape) for flat, shape in self._flat)
 
 
+def training_loader(
+    tensors: Sequence[Tensor], batch_size: int, seed: int, trainer: Trainer | None
+) -> TensorBatchLoader:
+    """The training loader of ``tensors`` ``(x, y, noisy)`` under ``trainer``: ImageClassificationData's.
+
+    Shuffled by (seed, ``trainer.current_epoch``), this rank's share under DDP, and grouped into
+    :class:`IndexBlock` s when the module being fit asks for it through a ``train_block_plan`` attribute
+    (``MemorizationModule(steps_per_call > 1)``). Such a loader has no length, and Lightning fetches one
+    batch ahead from it, the first already in ``setup_data``, which on a resume runs before
+    ``current_epoch`` is moved to the resumed epoch: its epoch is read from
+    ``fit_loop.epoch_progress.current.processed`` instead (the epoch Lightning gives samplers' ``set_epoch``;
+    equal to ``current_epoch`` once the epoch runs).
+    """
+    if trainer is None:
+        return TensorBatchLoader(tensors, batch_size, shuffle=True, seed=seed)
+    plan = getattr(trainer.lightning_module, "train_block_plan", None)
+
+    def current_epoch() -> int:
+        return trainer.current_epoch
+
+    def epoch_being_started() -> int:
+        current = trainer.fit_loop.epoch_progress.current  # a _ProcessedTracker (typed as its base)
+        return int(getattr(current, "processed", current.completed))
+
+    return TensorBatchLoader(tensors, batch_size, shuffle=True, seed=seed,
+                             epoch_fn=current_epoch if plan is None else epoch_being_started,
+                             rank=trainer.global_rank, world_size=trainer.world_size, block_plan=plan)
+
+
 def _gather_rows(flat: Tensor, idx: Tensor) -> Tensor:
     """``flat[idx]`` for a (N, d) or (N,) tensor and an index on the same device."""
     if flat.device.type == "cpu":
@@ -493,34 +522,15 @@ class ImageClassificationData(LightningDataModule):
             return x.float().div_(self.spec.max_value)
         return x.float().sub_(stats[0]).div_(stats[1])
 
-    def _current_epoch(self) -> int | None:
-        return self.trainer.current_epoch if self.trainer is not None else None
-
-    def _epoch_being_started(self) -> int | None:
-        """The epoch a loader without a length is asked for. Lightning fetches one batch ahead from such a
-        loader, the first already in ``setup_data``, which on a resume runs before ``current_epoch`` is
-        moved to the resumed epoch; ``epoch_progress.current.processed`` (the epoch Lightning gives samplers'
-        ``set_epoch``) is right at that point and equals ``current_epoch`` once the epoch runs."""
-        if self.trainer is None:
-            return None
-        current = self.trainer.fit_loop.epoch_progress.current  # a _ProcessedTracker (typed as its base)
-        return int(getattr(current, "processed", current.completed))
-
     def _require_setup(self) -> None:
         if not self._prepared:
             raise RuntimeError("ImageClassificationData: call setup() before asking for a dataloader")
 
     def train_dataloader(self) -> TensorBatchLoader:
-        """Training batches ``(x, y, noisy)``; grouped into :class:`IndexBlock` s when the module being fit
-        asks for it through a ``train_block_plan`` attribute (``MemorizationModule(steps_per_call > 1)``)."""
+        """Training batches ``(x, y, noisy)``, from :func:`training_loader`."""
         self._require_setup()
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        module = self.trainer.lightning_module if self.trainer else None
-        plan = getattr(module, "train_block_plan", None)
-        epoch_fn = self._current_epoch if plan is None else self._epoch_being_started
-        return TensorBatchLoader((self.train_x, self.train_y, self.train_noisy), self.batch_size,
-                                 shuffle=True, seed=self.seed, epoch_fn=epoch_fn,
-                                 rank=rank, world_size=world, block_plan=plan)
+        return training_loader((self.train_x, self.train_y, self.train_noisy), self.batch_size, self.seed,
+                               self.trainer)
 
     def val_dataloader(self) -> TensorBatchLoader:
         """The held-out split in its order. Under DDP rank r of W serves examples r, r + W, r + 2W, ...:
