@@ -146,6 +146,16 @@ def trainer_problems(trainer: L.Trainer) -> list[str]:
     return problems
 
 
+def check_data_device(tensors: Sequence[Tensor], device: torch.device) -> None:
+    """Raise ``ValueError`` unless the training tensors are on ``device`` (the fused step gathers there)."""
+    for t in tensors:
+        if t.device != device:
+            raise ValueError(
+                f"steps_per_call > 1 gathers batches on the training device, but the training data are on "
+                f"{t.device} and the network on {device}: keep the data there (--data.preload_to_device true)"
+            )
+
+
 def forward_loss(net: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
                  y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(logits (B, k), per-example loss (B,), mean loss ())``: the ordinary training step's forward."""
@@ -274,15 +284,9 @@ class FusedSGD:
     # ------------------------------------------------------------------ buffers and captures
 
     def _source(self, block: IndexBlock) -> Source:
+        check_data_device(block.source.tensors, self.device)
         (x, shape), (y, _), *rest = block.source.flat
         noisy = rest[0][0] if rest and self.label_noise else None
-        for name, t in (("images", x), ("labels", y)):
-            if t.device != self.device:
-                raise ValueError(
-                    f"steps_per_call > 1 gathers batches on the training device, but the training {name} "
-                    f"are on {t.device} and the network on {self.device}: keep the data there "
-                    "(--data.preload_to_device true)"
-                )
         return x, y, noisy, shape
 
     def _statics_for(self, block: IndexBlock, size: int) -> _Statics:

@@ -19,6 +19,7 @@ from lightning_mem.fused import (
     Backend,
     FusedSGD,
     accumulate,
+    check_data_device,
     count_sgd_steps,
     epoch_means,
     forward_loss,
@@ -268,6 +269,7 @@ class MemorizationModule(L.LightningModule):
         assert not isinstance(optimizer, list)
         raw = optimizer.optimizer  # the torch SGD inside Lightning's wrapper: the fused step calls it
         device = next(self.net.parameters()).device
+        check_data_device(loader.tensors, device)  # before any step, not at the first group
         backend: Backend = ("graph" if device.type == "cuda" else "eager") if self.fused_backend == "auto" \
             else self.fused_backend
         self._fused = FusedSGD(self.net, self.loss_fn, raw, self.steps_per_call, self._label_noise, backend)

@@ -30,7 +30,7 @@ from test_callbacks import count_host_syncs
 from lightning_mem.callbacks import AlignmentMonitor
 from lightning_mem.cli import EXIT_DIVERGED, main
 from lightning_mem.data import ImageClassificationData, IndexBlock
-from lightning_mem.fused import FusedSGD, plan_epoch
+from lightning_mem.fused import FusedSGD, check_data_device, plan_epoch
 from lightning_mem.guard import DivergedError, DivergenceGuard
 from lightning_mem.module import MemorizationModule
 from lightning_mem.nets import ConvNet, ScaledMLP
@@ -333,6 +333,14 @@ def test_a_loader_without_blocks_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"steps_per_call=4 needs the train loader of "
                                          r"ImageClassificationData .*got DataLoader"):
         trainer.fit(module, train_dataloaders=loader)
+
+
+def test_data_on_another_device_is_refused() -> None:
+    """On a GPU the data must be there (the meta device stands in for it on a CPU)."""
+    with pytest.raises(ValueError, match=r"training data are on cpu and the network on meta: keep the data "
+                                         r"there \(--data.preload_to_device true\)"):
+        check_data_device([torch.zeros(2)], torch.device("meta"))
+    check_data_device([torch.zeros(2)], torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- resume
