@@ -347,6 +347,12 @@ class MemCLI(LightningCLI):
             self.datamodule.setup(stage)
         except (ValueError, FileNotFoundError, RuntimeError) as err:
             self.parser.error(str(err))
+        check_trainer = getattr(self.model, "check_trainer", None)  # MemorizationModule(steps_per_call > 1)
+        if stage == "fit" and callable(check_trainer):
+            try:
+                check_trainer(self.trainer)
+            except ValueError as err:
+                self.parser.error(str(err))
         if self.checkpoint is not None:
             differences = state_differences(self.checkpoint, self.model)
             if differences:
