@@ -15,7 +15,7 @@ from lightning_mem import commands
 def test_help_lists_every_subcommand_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     commands.main(["--help"])
     out = capsys.readouterr().out
-    names = [*commands.LIGHTNING, *commands.TOOLS]
+    names = [*commands.LIGHTNING, *commands.TOOLS, *commands.PASSTHROUGH]
     assert names[:6] == ["fit", "validate", "test", "sweep", "report", "theorem1"]
     assert out.splitlines()[0] == f"usage: lightning-mem {{{','.join(names)}}} ..."
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
@@ -67,3 +67,26 @@ def test_fit_help_goes_to_lightning(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--ckpt_path" in out and "--run.id" in out and "--precision.tf32" in out
+
+
+def test_wandb_runs_wandbs_own_command_line() -> None:
+    # `docker run lightning-mem wandb agent ...` (the image's entrypoint is lightning-mem) runs W&B's CLI of
+    # the same environment, in place of this process: its output and its exit code are wandb's.
+    import wandb
+
+    lm = [sys.executable, "-m", "lightning_mem"]
+    proc = subprocess.run([*lm, "wandb", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"wandb, version {wandb.__version__}"
+    proc = subprocess.run([*lm, "wandb", "agent"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Missing argument 'SWEEP_ID'" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_passthrough_program_that_is_missing_exits_2(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(commands.PASSTHROUGH, "no-such-program-xyz", "a program that is not installed")
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(SystemExit) as exc:
+        commands.main(["no-such-program-xyz", "--version"])
+    assert exc.value.code == 2
+    assert "'no-such-program-xyz' is not installed in this environment" in capsys.readouterr().err

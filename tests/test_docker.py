@@ -68,17 +68,19 @@ def test_entrypoint_is_the_cli(docker: list[tuple[str, str]]) -> None:
 
 
 def test_the_wandb_agent_form_is_documented() -> None:
-    # `docker run ... lightning-mem wandb agent ...` would run `lightning-mem wandb`: the documented form
-    # replaces the entrypoint. Each comment line of the example, joined, is one docker command.
+    # `docker run ... lightning-mem wandb agent ...`: the image's entrypoint runs W&B's CLI
+    # (lightning_mem.commands.PASSTHROUGH, tested in test_commands). Each comment line of the example,
+    # joined, is one docker command.
     lines = [ln.lstrip("#").strip() for ln in DOCKERFILE.read_text().splitlines() if ln.startswith("#")]
     commands = " ".join(ln.rstrip("\\").strip() for ln in lines).split("docker run")[1:]
-    agent = [c for c in commands if "--entrypoint wandb" in c]
-    assert agent, "the Dockerfile does not show `docker run --entrypoint wandb ... agent SWEEP_ID`"
+    agent = [c for c in commands if " wandb agent " in c]
+    assert agent, "the Dockerfile does not show `docker run ... lightning-mem wandb agent SWEEP_ID`"
     words = agent[0].split()
-    assert words[words.index("lightning-mem") + 1] == "agent"  # the image, then wandb's subcommand
+    image = words.index("lightning-mem")
+    assert words[image:image + 3] == ["lightning-mem", "wandb", "agent"]
     assert "-e" in words and "WANDB_API_KEY" in words  # the key from the host, not the image
     readme = (REPO / "README.md").read_text()
-    assert "--entrypoint wandb lightning-mem agent" in readme
+    assert "lightning-mem wandb agent entity/lightning-mem/" in readme
 
 
 def test_wandb_is_a_dependency_of_the_image() -> None:
