@@ -153,6 +153,65 @@ def args_json(params: dict[str, Any]) -> str:
     return str(macros["args_json"][0])
 
 
+# ---------------------------------------------------------------------------- the check before launch
+
+
+ARGS_MACROS = ("${args}", "${args_no_hyphens}", "${args_no_boolean_flags}", "${args_json}",
+               "${args_json_file}")  # wandb's macros that pass a run's parameters to its command
+CLI_SUBCOMMANDS = ("fit", "validate", "test")
+
+
+def _cli_argv(command: list[str]) -> list[str] | None:
+    """The ``fit ...`` part of a built command that runs ``lightning-mem`` (the console script, or ``python
+    -m lightning_mem``); None for any other program."""
+    for i, token in enumerate(command):
+        runs_cli = Path(token).name == "lightning-mem" or (
+            token == "-m" and i + 1 < len(command) and command[i + 1] == "lightning_mem")
+        if runs_cli:
+            rest = command[i + (2 if token == "-m" else 1):]
+            return rest if rest and rest[0] in CLI_SUBCOMMANDS else None
+    return None
+
+
+def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any]]) -> None:
+    """Before any run starts: every run's command line must parse as the CLI parses it, so a parameter
+    the CLI does not know (``model.lrr``) or a value it refuses stops the sweep (ValueError naming the
+    sweep file, the run and the parameter) instead of failing in every run.
+
+    Only commands of ``lightning-mem fit|validate|test`` are checked (other programs: nothing to check
+    against). Their parameters must reach them: a command without any of :data:`ARGS_MACROS` gets none.
+    They are parsed in this process by
+    :func:`lightning_mem.cli.check_args` (torch and Lightning imported once, no process started; nothing
+    built or written); other programs are not checked. Values that only fail when the classes are built
+    or the data read (a dataset folder that does not exist) still fail in their run (exit 2, recorded
+    as ``failed`` with the CLI's message).
+    """
+    template = [str(c) for c in spec["command"]]
+    if _cli_argv(template) is None:
+        return  # not our CLI: nothing to check against
+    if any(params.values()) and not any(macro in template for macro in ARGS_MACROS):
+        keys = ", ".join(sorted({k for p in params.values() for k in p}))
+        raise ValueError(f"{path}: the sweep's parameters ({keys}) never reach the runs: its `command:` has "
+                         f"none of {', '.join(ARGS_MACROS)}; add `${{args_json_file}}` after `--config`, or "
+                         "`${args}`")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lightning-mem-sweep-check-") as tmp:
+        args_file = Path(tmp) / rundir.ARGS_JSON
+        for rid, values in params.items():
+            argv = _cli_argv(build_command(spec["command"], values, args_file, spec.get("program")))
+            assert argv is not None
+            from lightning_mem.cli import check_args  # torch and Lightning: imported once, only here
+
+            args_file.write_text(args_json(values))
+            problem = check_args([*argv, "--run.name", "check", "--run.id", "check"])
+            if problem:
+                problem = problem.replace(str(args_file), "the sweep's parameters")
+                shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+                raise ValueError(f"{path}: run {rid} ({shown}) would fail before training: {problem}; "
+                                 "no run was started")
+
+
 # ---------------------------------------------------------------------------- runs
 
 
@@ -330,6 +389,7 @@ class LocalSweep:
 def cmd_local(args: argparse.Namespace) -> int:
     sweep = LocalSweep(Path(args.sweep), Path(args.root), wandb_mode=args.wandb_mode,
                        kill_timeout=args.kill_timeout, count=args.count, seed=args.seed)
+    check_runs(sweep.spec, sweep.path, sweep.params)  # before --dry-run prints or anything is written
     gpus = slots_of(args)
     n = args.max_parallel or len(gpus) or 1
     slots: list[str | None] = [gpus[i % len(gpus)] for i in range(n)] if gpus else [None] * n
