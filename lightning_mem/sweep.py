@@ -11,7 +11,8 @@ Each run's command is built from the sweep's ``command`` with wandb's own functi
 (``${env}``, ``${interpreter}`` = this Python, ``${program}``, ``${args}``, ``${args_json_file}``, ...),
 plus ``--run.root/--run.name/--run.id`` so that every run's folder is ``<root>/<sweep name>/<run id>/``.
 The sweep's state is ``<root>/<sweep name>/manifest.json`` (:mod:`lightning_mem.rundir`), rewritten
-atomically after every change; a rerun skips finished (and diverged) runs and retries the others.
+atomically after every change; a rerun skips finished (and diverged) runs and retries the others
+(a run the manifest says is ``running`` while no process holds its folder's lock is shown as ``killed``).
 The runner holds the sweep folder's lock for its lifetime: a second runner of the same sweep exits 2
 naming the holder; the lock of a killed runner is taken over. A failing run never stops the sweep;
 SIGINT/SIGTERM stop the running children and mark them ``interrupted``.
@@ -262,6 +263,9 @@ class LocalSweep:
     def load(self) -> None:
         """The manifest's runs (RunDirError naming it if it is not one), then this file's commands."""
         self.runs = dict(rundir.read_manifest(self.manifest)["runs"]) if self.manifest.is_file() else {}
+        for entry in self.runs.values():  # a runner killed with its runs left them "running"
+            if entry["status"] == "running" and rundir.lock_holder(Path(str(entry.get("run_dir")))) is None:
+                entry.update(status=rundir.KILLED, reason="its process is gone (killed with its runner)")
         for rid, params in self.params.items():
             run_dir = self.dir / rid
             command = build_command(self.spec["command"], params, run_dir / rundir.ARGS_JSON,
