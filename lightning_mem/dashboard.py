@@ -5,7 +5,7 @@ HTML file: plotly.js is inlined from the installed ``plotly`` package and the ru
 JSON, so the file opens from disk with no network and can be mailed. Grouping, filters, statuses and
 axis scales are applied in the browser (``dashboard.html``), over this data:
 
-- per run: its status (finished, diverged, failed, interrupted, running), the values of the keys that
+- per run: its status (finished, diverged, failed, interrupted, killed, running), the values of the keys that
   vary across runs (canonical ``hp.<key>`` first, see :mod:`lightning_mem.runsets`), its final numbers
   (:func:`runsets.run_numbers`, the same as ``report``), and per-epoch curves: ``train/acc``,
   ``val/acc``, ``align/grad/<W1>``, ``align/grad/logits``, ``align/rep/<layer>``,
