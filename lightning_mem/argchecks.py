@@ -7,7 +7,8 @@ Run by :class:`lightning_mem.cli.MemCLI` before anything is built or written, ea
   file, is UTF-8 text, parses as YAML and holds a mapping (jsonargparse's own message for an empty or
   list-shaped file is "Unexpected config:", naming no file);
 - :func:`check_values`: values every class accepts but that crash later or mean nothing: seeds outside
-  numpy's range 0..2**32-1, integers too large for a C ``long``, ``accumulate_grad_batches`` < 1,
+  numpy's range 0..2**32-1, integers too large for a C ``long``, model floats beyond float32's range
+  (an ``lr`` of 1e300 overflows in the optimizer step), ``accumulate_grad_batches`` < 1,
   ``check_val_every_n_epoch`` < 1, ``val_check_interval`` 0, ``gradient_clip_val`` < 0;
 - :func:`model_size_error`: the parameters of ``model.net`` counted on PyTorch's ``meta`` device (no memory
   taken) against this machine's memory, so a width of 10**9 is refused with the size it asks for instead
@@ -29,6 +30,7 @@ import yaml
 CONFIG_OPTIONS = ("--config", "--model", "--data", "--trainer")  # options whose value is a config file
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything enforces
 INT_MAX = 2**63 - 1  # a C long: torch, numpy and Lightning convert integers to it
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: lr, init_std, ... meet float32 tensors
 MAPPING_EXAMPLE = "e.g. `model: {lr: 0.1}`"
 
 
@@ -124,6 +126,11 @@ def check_values(config: Mapping[str, Any]) -> list[str]:
     problems = [f"{key}={value} is too large: integers here go to a C long (at most 2**63-1)"
                 for key, value in _flat(config)
                 if _is_int(value) and abs(value) > INT_MAX and key not in linked]
+    problems += [f"{key}={value:g} is beyond float32's range (±{FLOAT32_MAX:.1e}): the net and its optimizer "
+                 "compute in float32"
+                 for key, value in _flat({"model": config.get("model") or {}})
+                 if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX
+                 and str((config.get("trainer") or {}).get("precision")) not in ("64", "64-true")]
     if problems:
         return problems
     seed = config.get("seed_everything")
