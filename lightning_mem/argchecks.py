@@ -156,10 +156,34 @@ def check_values(config: Mapping[str, Any]) -> list[str]:
     if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval <= 0:
         problems.append(f"trainer.val_check_interval={interval} must be a fraction of an epoch in (0, 1] "
                         "or a number of training batches >= 1")
+    devices = trainer.get("devices")
+    if devices is not None and not _devices_ok(devices):
+        problems.append(f"trainer.devices={devices!r}: give a number of devices such as 1, -1 or 'auto' for "
+                        "all of them, or a list of device indices such as [0, 1] (or '0,1')")
     clip = trainer.get("gradient_clip_val")
     if isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip < 0:
         problems.append(f"trainer.gradient_clip_val={clip} must be >= 0 (0 or null: no clipping)")
     return problems
+
+
+MAX_DEVICES = 2**16  # more devices (or a higher index) than any machine has: a typo
+
+
+def _devices_ok(devices: Any) -> bool:
+    """Lightning's ``devices``: a count (-1: all), ``"auto"``, a list of indices, or the same as a string."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto":
+            return True
+        parts = [p for p in text.split(",") if p.strip()]
+        if not parts or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            return False
+        devices = int(parts[0]) if len(parts) == 1 and "," not in text else [int(p) for p in parts]
+    if _is_int(devices):
+        return devices == -1 or 0 <= devices <= MAX_DEVICES
+    if isinstance(devices, (list, tuple)):
+        return bool(devices) and all(_is_int(d) and 0 <= d < MAX_DEVICES for d in devices)
+    return False
 
 
 def format_bytes(n: float) -> str:

@@ -418,7 +418,17 @@ class MemCLI(LightningCLI):
             super().instantiate_classes()
         except CONFIG_ERRORS as err:
             # Bad values found by the classes' (and the Trainer's) own checks: a message, not a traceback.
-            self.parser.error(_error_text(err))
+            self.parser.error(self._with_trainer_value(_error_text(err)))
+
+    def _with_trainer_value(self, text: str) -> str:
+        """Lightning's messages name a Trainer option in backticks (`devices`) but not always its value:
+        prefix ``trainer.<option>=<value>: `` when the option is one and its value is not in the text."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer")
+        for name in re.findall(r"`(?:Trainer\()?(\w+)", text):
+            if isinstance(trainer, Namespace) and name in trainer and str(trainer[name]) not in text:
+                return f"trainer.{name}={trainer[name]!r}: {text}"
+        return text
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured Trainer plus our default callbacks (unless configured explicitly): a
@@ -476,7 +486,9 @@ class MemCLI(LightningCLI):
         n = argchecks.batches_per_epoch(len(data.train_x), data.batch_size, trainer.world_size,
                                         trainer.limit_train_batches)
         if interval > n:
-            self.parser.error(f"trainer.val_check_interval={interval} is more than the {n} training batches "
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            given = config.trainer.val_check_interval
+            self.parser.error(f"trainer.val_check_interval={given} is more than the {n} training batches "
                               "of an epoch; give at most that, a fraction of an epoch such as 0.5, or "
                               "--trainer.check_val_every_n_epoch null to validate every so many batches")
 
