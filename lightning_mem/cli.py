@@ -19,9 +19,10 @@ import logging
 import os
 import re
 import secrets
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -583,12 +584,36 @@ def _log_to_stderr() -> None:
         ours.setLevel(logging.INFO)
 
 
+def _sigterm_before_lightning(signum: int, frame: Any) -> None:
+    """SIGTERM while Lightning's own handler is not installed (parsing, building, setup and ``on_fit_start``
+    hooks, after the fit): stop here as Lightning would, with :class:`SIGTERMException` (exit 143, status
+    ``interrupted``). Once Lightning installs its handler it calls this one too, which then leaves the stop to
+    Lightning's flag (checked after the current batch)."""
+    if signal.getsignal(signal.SIGTERM) is _sigterm_before_lightning:
+        raise SIGTERMException()
+
+
+@contextlib.contextmanager
+def _sigterm_handled() -> Iterator[None]:
+    """:func:`_sigterm_before_lightning` for the length of a command (main thread only), then the old one."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _sigterm_before_lightning)
+    except ValueError:  # not the main thread (a notebook's worker): Python's default stays
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: Sequence[str] | None) -> None:
-    """``lightning-mem fit|validate|test ...``; exits 3 when diverged, 143 on SIGTERM."""
+    """``lightning-mem fit|validate|test ...``; exits 3 when diverged, 143 on SIGTERM (at any moment)."""
     _log_to_stderr()
     own_id = RUN_ID_ENV not in os.environ  # exported for DDP children during this call only
     try:
-        build_cli(None if args is None else list(args))
+        with _sigterm_handled():
+            build_cli(None if args is None else list(args))
     except DivergedError:  # logged with the run's summary line
         raise SystemExit(EXIT_DIVERGED) from None
     except SIGTERMException:
