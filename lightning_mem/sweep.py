@@ -406,6 +406,8 @@ def cmd_local(args: argparse.Namespace) -> int:
             skip = f"# {entry['status']}, skipped: " if entry["status"] in DONE else ""
             sys.stdout.write(f"{skip}{prefix}{shlex.join(entry['command'])}\n")
         return 0
+    if sweep.manifest.is_file():
+        rundir.read_manifest(sweep.manifest)  # a damaged manifest stops the sweep before the folder is locked
     try:
         sweep.lock.acquire()  # LockedError (exit 2) names the runner that holds it
     except OSError as err:  # --root is a file, or not writable
