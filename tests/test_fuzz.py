@@ -1,0 +1,374 @@
+"""Fuzz-style tables of hostile input through the real tools, in this process (``commands.main``).
+
+Two tables (issue 11): every numeric key of ``fit`` × {0, -1, nan, inf, 1e300, 10**30, a string, a list}, and
+the tools' file arguments × {missing, directory, empty, truncated, wrong shape, binary, existing file for
+outputs}. Every case asserts the exit code (2 for bad input; an accepted value is checked with
+``lightning_mem.cli.check_args``, which parses without training), a message naming the key and value or the
+file, no "Traceback" in the output, and that the files of an earlier run (and every other file that existed)
+are byte-identical afterwards. Failures happen before training, so the whole table stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from lightning_mem.cli import check_args
+from lightning_mem.commands import main
+
+TESTS = Path(__file__).resolve().parent
+QUICKSTART = TESTS.parent / "configs" / "quickstart.yaml"
+FIT = ["fit", "--config", str(QUICKSTART), "--data.dataset", "digits", "--model.net.width", "16",
+       "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+       "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def run_tool(argv: list[str], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+             ) -> tuple[int, str]:
+    """(exit code, everything written to stdout, stderr and the log) of ``lightning-mem argv``."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out + out.err + caplog.text
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root``: its bytes (the lock file's holder record included)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def message(output: str) -> str:
+    """The last ``error:`` message of the output (what the user reads last)."""
+    at = output.rfind("error:")
+    return output[at:] if at >= 0 else output[-600:]
+
+
+# ---------------------------------------------------------------------------- numeric keys
+
+
+VALUES = {"zero": "0", "minus1": "-1", "nan": "nan", "inf": "inf", "huge_float": "1e300",
+          "huge_int": str(10**30), "string": "abc", "list": "[1, 2]"}
+# key -> the values it accepts (their runs would train: checked by parsing only). Everything else: exit 2.
+NUMERIC = {
+    "seed_everything": {"zero"},
+    "model.lr": {"huge_int"},  # 1e30: a valid (diverging) learning rate
+    "model.loss_scale": {"huge_int"},
+    "model.momentum": {"zero", "huge_int"},
+    "model.weight_decay": {"zero", "huge_int"},
+    "model.net.width": set(),
+    "model.net.init_std": {"huge_int"},
+    "data.batch_size": set(),
+    "data.eval_batch_size": set(),
+    "data.label_noise": {"zero"},
+    "data.label_seed": {"zero"},
+    "data.train_subset": set(),
+    "trainer.max_epochs": {"zero", "minus1"},  # -1: no limit (Lightning)
+    "trainer.min_epochs": {"zero", "minus1"},
+    "trainer.max_steps": {"zero", "minus1"},
+    "trainer.min_steps": {"zero", "minus1"},
+    "trainer.limit_train_batches": {"zero", "huge_float", "huge_int"},  # 1e300 (a float): all batches
+    "trainer.limit_val_batches": {"zero", "huge_float", "huge_int"},
+    "trainer.val_check_interval": set(),
+    "trainer.check_val_every_n_epoch": set(),
+    "trainer.accumulate_grad_batches": set(),
+    "trainer.gradient_clip_val": {"zero", "huge_float", "huge_int"},
+    "trainer.num_nodes": set(),
+    "trainer.devices": set(),
+    "trainer.log_every_n_steps": {"zero", "minus1"},
+    "trainer.num_sanity_val_steps": {"zero", "minus1"},  # -1: the whole split
+    "trainer.reload_dataloaders_every_n_epochs": {"zero"},
+}
+# The alignment callback's numbers, given in a config file (a YAML value of the same kind each).
+CALLBACK = {"every_n_steps": set(), "val_max_examples": {"zero"}, "max_classes": set()}
+YAML_VALUES: dict[str, Any] = {"zero": 0, "minus1": -1, "nan": math.nan, "inf": math.inf, "huge_float": 1e300,
+                               "huge_int": 10**30, "string": "abc", "list": [1, 2]}
+
+NUMERIC_CASES = [(key, label) for key in NUMERIC for label in VALUES]
+CALLBACK_CASES = [(key, label) for key in CALLBACK for label in VALUES]
+
+
+def value_forms(label: str) -> list[str]:
+    """How a message may write the value: as given, as Python prints the float or int, or its start."""
+    raw = VALUES[label]
+    forms = [raw, raw.split(",")[0]]
+    try:
+        number = float(raw)
+        forms += [repr(number), f"{number:g}"]
+        if number.is_integer():
+            forms.append(str(int(number)))
+    except ValueError:
+        pass
+    return forms
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run root holding a finished run's files (written by hand: fast), which no bad command may touch."""
+    root = tmp_path_factory.mktemp("fuzz_root")
+    run_dir = root / "quickstart" / "old"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("epoch,step,val/acc\r\n0,5,0.9\r\n")
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (run_dir / "status.json").write_text('{"status": "finished"}\n')
+    return root
+
+
+def _assert_refused(code: int, output: str, key: str, forms: list[str], before: dict[str, bytes],
+                    root: Path) -> None:
+    text = message(output)
+    assert code == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert key.rsplit(".", 1)[-1] in text, text
+    assert any(form in text for form in forms), (forms, text)
+    assert snapshot(root) == before  # the earlier run untouched, no new run folder
+
+
+@pytest.mark.parametrize(("key", "label"), NUMERIC_CASES, ids=[f"{k}={v}" for k, v in NUMERIC_CASES])
+def test_numeric_key(key: str, label: str, earlier: Path, capsys: pytest.CaptureFixture[str],
+                     caplog: pytest.LogCaptureFixture) -> None:
+    argv = [*FIT, "--run.root", str(earlier), f"--{key}", VALUES[label]]
+    if label in NUMERIC[key]:  # accepted: it parses and passes every check made before training
+        assert check_args(argv) is None
+        return
+    before = snapshot(earlier)
+    code, output = run_tool(argv, capsys, caplog)
+    _assert_refused(code, output, key, value_forms(label), before, earlier)
+
+
+@pytest.mark.parametrize(("key", "label"), CALLBACK_CASES, ids=[f"{k}={v}" for k, v in CALLBACK_CASES])
+def test_callback_key_in_a_config_file(key: str, label: str, earlier: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+                                       ) -> None:
+    callback = {"class_path": "lightning_mem.callbacks.AlignmentMonitor",
+                "init_args": {key: YAML_VALUES[label]}}
+    config = tmp_path / "callback.yaml"
+    config.write_text(yaml.safe_dump({"trainer": {"callbacks": [callback]}}))
+    argv = [*FIT, "--config", str(config), "--run.root", str(earlier)]
+    if label in CALLBACK[key]:
+        assert check_args(argv) is None
+        return
+    before = snapshot(earlier)
+    code, output = run_tool(argv, capsys, caplog)
+    forms = [*value_forms(label), ".nan" if label == "nan" else ".inf" if label == "inf" else VALUES[label]]
+    _assert_refused(code, output, key, forms, before, earlier)
+
+
+# ---------------------------------------------------------------------------- file arguments
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Damaged and misplaced files of every kind, built once, and a real finished run (width 32)."""
+    tmp = tmp_path_factory.mktemp("fuzz_files")
+    real = tmp / "real"
+    assert main_code([*FIT, "--model.net.width", "32", "--run.root", str(real), "--run.id", "w32"]) == 0
+    run_dir = real / "quickstart" / "w32"
+    ckpt = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    made: dict[str, Path] = {"run": run_dir, "real_root": real}
+
+    def put(name: str, data: bytes | str) -> None:
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        made[name.replace(".", "_").replace("/", "_")] = path
+
+    put("empty.yaml", "")
+    put("list.yaml", "- model\n- data\n")
+    put("scalar.yaml", "just words\n")
+    put("truncated.yaml", "model: {lr: 0.1, loss: cross_")
+    put("binary.yaml", bytes(range(128, 256)) * 4)
+    put("empty.ckpt", b"")
+    put("truncated.ckpt", ckpt[: len(ckpt) // 2])
+    put("binary.ckpt", bytes(range(256)) * 16)
+    shape = tmp / "shape.ckpt"
+    torch.save({"weights": torch.zeros(3)}, shape)
+    made["shape_ckpt"] = shape
+    made["width32_ckpt"] = run_dir / "checkpoints" / "last.ckpt"
+    put("empty.json", "")
+    put("list.json", "[1, 2]\n")
+    put("nostatus.json", '{"runs": {"a": {"run_dir": "a"}}}\n')
+    put("runs_list.json", '{"runs": [1]}\n')
+    put("binary.json", bytes(range(128, 256)))
+    put("binary_run/q/r/metrics.csv", bytes(range(128, 256)))
+    put("noheader_run/q/r/metrics.csv", "0,5,0.9\r\n1,10,0.8\r\n")
+    put("a_file.txt", "someone's notes\n")
+    put("sweep_empty.yaml", "")
+    put("sweep_list.yaml", "- name\n")
+    put("sweep_truncated.yaml", "name: s\nparameters:\n  model.lr: {values: [0.1, 0.")
+    put("sweep_binary.yaml", bytes(range(128, 256)))
+    (tmp / "a_dir").mkdir()
+    (tmp / "empty_dir").mkdir()
+    made["a_dir"], made["empty_dir"], made["tmp"] = tmp / "a_dir", tmp / "empty_dir", tmp
+    return made
+
+
+def main_code(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def _sweep_file(tmp: Path, name: str) -> Path:
+    path = tmp / f"{name}.yaml"
+    command = ["lightning-mem", *FIT, "--config", "${args_json_file}"]
+    path.write_text(yaml.safe_dump({"name": name, "parameters": {"model.lr": {"values": [0.1]}},
+                                    "command": command}))
+    return path
+
+
+# (id, argv with {names} of `files`, exit code, parts of the message with {names})
+FILE_CASES: list[tuple[str, list[str], int, list[str]]] = [
+    # fit --config
+    ("config-missing", [*FIT, "--config", "{tmp}/nope.yaml"], 2, ["{tmp}/nope.yaml", "no such file"]),
+    ("config-directory", [*FIT, "--config", "{a_dir}"], 2, ["{a_dir}", "is a directory"]),
+    ("config-empty", [*FIT, "--config", "{empty_yaml}"], 2, ["{empty_yaml}", "empty", "mapping"]),
+    ("config-truncated", [*FIT, "--config", "{truncated_yaml}"], 2, ["{truncated_yaml}", "not valid YAML"]),
+    ("config-list", [*FIT, "--config", "{list_yaml}"], 2, ["{list_yaml}", "must be a mapping", "list"]),
+    ("config-scalar", [*FIT, "--config", "{scalar_yaml}"], 2, ["{scalar_yaml}", "must be a mapping"]),
+    ("config-binary", [*FIT, "--config", "{binary_yaml}"], 2, ["{binary_yaml}", "not a text file"]),
+    ("model-config-list", [*FIT, "--model", "{list_yaml}"], 2, ["--model {list_yaml}", "must be a mapping"]),
+    # fit --ckpt_path (each would resume into, or start beside, the real run: it must stay byte-identical)
+    ("ckpt-missing", [*FIT, "--ckpt_path", "{tmp}/nope.ckpt"], 2, ["{tmp}/nope.ckpt", "no such checkpoint"]),
+    ("ckpt-directory", [*FIT, "--ckpt_path", "{a_dir}"], 2, ["{a_dir}", "no such checkpoint file"]),
+    ("ckpt-empty", [*FIT, "--ckpt_path", "{empty_ckpt}"], 2, ["{empty_ckpt}", "does not load"]),
+    ("ckpt-truncated", [*FIT, "--ckpt_path", "{truncated_ckpt}"], 2, ["{truncated_ckpt}", "does not load"]),
+    ("ckpt-binary", [*FIT, "--ckpt_path", "{binary_ckpt}"], 2, ["{binary_ckpt}", "does not load"]),
+    ("ckpt-wrong-shape", [*FIT, "--ckpt_path", "{shape_ckpt}"], 2,
+     ["{shape_ckpt}", "not a Lightning checkpoint"]),
+    ("ckpt-other-width", [*FIT, "--ckpt_path", "{width32_ckpt}"], 2,
+     ["{width32_ckpt}", "checkpoint has width 32, config asks for 16"]),
+    ("resume-other-width", [*FIT, "--run.root", "{real_root}", "--run.id", "w32", "--ckpt_path", "last",
+                            "--model.net.width", "64"], 2, ["checkpoint has width 32, config asks for 64"]),
+    ("validate-ckpt-truncated", ["validate", "--ckpt_path", "{truncated_ckpt}"], 2, ["{truncated_ckpt}"]),
+    # report: inputs and --out
+    ("report-input-missing", ["report", "{tmp}/nope", "--out", "{tmp}/rep"], 2, ["{tmp}/nope"]),
+    ("report-input-empty-dir", ["report", "{empty_dir}", "--out", "{tmp}/rep"], 2, ["no finished runs"]),
+    ("report-manifest-empty", ["report", "{empty_json}", "--out", "{tmp}/rep"], 2, ["{empty_json}"]),
+    ("report-manifest-list", ["report", "{list_json}", "--out", "{tmp}/rep"], 2,
+     ["{list_json}", "not a sweep manifest"]),
+    ("report-manifest-no-status", ["report", "{nostatus_json}", "--out", "{tmp}/rep"], 2,
+     ["{nostatus_json}", "no valid status"]),
+    ("report-manifest-runs-list", ["report", "{runs_list_json}", "--out", "{tmp}/rep"], 2,
+     ["{runs_list_json}"]),
+    ("report-manifest-binary", ["report", "{binary_json}", "--out", "{tmp}/rep"], 2, ["{binary_json}"]),
+    ("report-metrics-binary", ["report", "{tmp}/binary_run", "--out", "{tmp}/rep"], 2,
+     ["binary_run/q/r/metrics.csv", "not a metrics.csv"]),
+    ("report-metrics-no-header", ["report", "{tmp}/noheader_run", "--out", "{tmp}/rep"], 2,
+     ["noheader_run/q/r/metrics.csv", "no 'step' column"]),
+    ("report-out-existing-file", ["report", "{run}", "--out", "{a_file_txt}"], 2,
+     ["--out {a_file_txt}", "existing file"]),
+    ("report-out-under-a-file", ["report", "{run}", "--out", "{a_file_txt}/sub"], 2,
+     ["{a_file_txt}", "file"]),
+    # dashboard html: inputs and --out
+    ("dashboard-input-missing", ["dashboard", "html", "{tmp}/nope", "--out", "{tmp}/d.html"], 2,
+     ["{tmp}/nope"]),
+    ("dashboard-manifest-list", ["dashboard", "html", "{list_json}", "--out", "{tmp}/d.html"], 2,
+     ["{list_json}"]),
+    ("dashboard-manifest-binary", ["dashboard", "html", "{binary_json}", "--out", "{tmp}/d.html"], 2,
+     ["{binary_json}"]),
+    ("dashboard-out-directory", ["dashboard", "html", "{run}", "--out", "{a_dir}"], 2,
+     ["--out {a_dir}", "is a directory"]),
+    ("dashboard-out-existing-file", ["dashboard", "html", "{run}", "--out", "{a_file_txt}"], 2,
+     ["--out {a_file_txt}", "not a lightning-mem dashboard"]),
+    ("dashboard-out-under-a-file", ["dashboard", "html", "{run}", "--out", "{a_file_txt}/d.html"], 2,
+     ["{a_file_txt}", "is a file"]),
+    # theorem1 --out
+    ("theorem1-out-existing-file", ["theorem1", "--out", "{a_file_txt}"], 2, ["--out {a_file_txt}"]),
+    ("theorem1-out-under-a-file", ["theorem1", "--out", "{a_file_txt}/sub"], 2, ["{a_file_txt}/sub"]),
+    # sweep local: the sweep file
+    ("sweep-missing", ["sweep", "local", "{tmp}/nope.yaml", "--root", "{tmp}/sw", "--dry-run"], 2,
+     ["{tmp}/nope.yaml"]),
+    ("sweep-directory", ["sweep", "local", "{a_dir}", "--root", "{tmp}/sw", "--dry-run"], 2, ["{a_dir}"]),
+    ("sweep-empty", ["sweep", "local", "{sweep_empty_yaml}", "--root", "{tmp}/sw", "--dry-run"], 2,
+     ["{sweep_empty_yaml}", "mapping"]),
+    ("sweep-list", ["sweep", "local", "{sweep_list_yaml}", "--root", "{tmp}/sw", "--dry-run"], 2,
+     ["{sweep_list_yaml}", "mapping"]),
+    ("sweep-truncated", ["sweep", "local", "{sweep_truncated_yaml}", "--root", "{tmp}/sw", "--dry-run"], 2,
+     ["{sweep_truncated_yaml}", "not valid YAML"]),
+    ("sweep-binary", ["sweep", "local", "{sweep_binary_yaml}", "--root", "{tmp}/sw", "--dry-run"], 2,
+     ["{sweep_binary_yaml}"]),
+    ("sweep-root-is-a-file", ["sweep", "local", "{tmp}/good_sweep.yaml", "--root", "{a_file_txt}"], 2,
+     ["--root {a_file_txt}"]),
+]
+# sweep local: its manifest (in <root>/<sweep name>/), damaged in each way; the sweep must not start.
+MANIFESTS = {"empty": "", "list": "[1, 2]\n", "no-status": '{"runs": {"a": {"run_dir": "a"}}}\n',
+             "runs-list": '{"runs": [1]}\n', "binary": bytes(range(128, 256))}
+
+
+@pytest.mark.parametrize(("argv", "code", "parts"), [c[1:] for c in FILE_CASES],
+                         ids=[c[0] for c in FILE_CASES])
+def test_file_argument(argv: list[str], code: int, parts: list[str], files: dict[str, Path],
+                       capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    tmp = files["tmp"]
+    _sweep_file(tmp, "good_sweep")
+    names = {k: str(v) for k, v in files.items()}
+    args = [a.format(**names) for a in argv]
+    if args[0] in ("fit", "validate") and "--run.root" not in args:
+        args += ["--run.root", str(files["real_root"])]
+    before = snapshot(tmp)
+    got, output = run_tool(args, capsys, caplog)
+    text = message(output)
+    assert got == code, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    for part in parts:
+        assert part.format(**names) in text, (part.format(**names), text)
+    after = snapshot(tmp)
+    changed = sorted(set(after) ^ set(before)) or [k for k in after if after[k] != before.get(k)]
+    assert after == before, changed
+
+
+@pytest.mark.parametrize("kind", list(MANIFESTS))
+def test_damaged_sweep_manifest_stops_the_sweep(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    sweep = _sweep_file(tmp_path, "s")
+    manifest = tmp_path / "root" / "s" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    data = MANIFESTS[kind]
+    manifest.write_bytes(data if isinstance(data, bytes) else data.encode())
+    before = snapshot(tmp_path)
+    code, output = run_tool(["sweep", "local", str(sweep), "--root", str(tmp_path / "root")], capsys, caplog)
+    assert code == 2, output[-3000:]
+    assert "Traceback" not in output and str(manifest) in message(output), output[-3000:]
+    assert snapshot(tmp_path) == before
+
+
+def test_a_torn_last_checkpoint_names_the_epoch_checkpoint_that_loads(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A last.ckpt torn by a writer other than ours: `--ckpt_path last` exits 2, names the file and the
+    epoch checkpoint to resume from; the run folder is byte-identical afterwards."""
+    root = tmp_path / "root"
+    shutil.copytree(files["real_root"], root)
+    run_dir = root / "quickstart" / "w32"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    before = snapshot(root)
+    code, output = run_tool([*FIT, "--model.net.width", "32", "--run.root", str(root), "--run.id", "w32",
+                             "--ckpt_path", "last"], capsys, caplog)
+    text = message(output)
+    assert code == 2 and "Traceback" not in output, output[-3000:]
+    assert f"{last}" in text and "does not load" in text
+    assert f"resume from it with --ckpt_path {run_dir / 'checkpoints' / 'epoch0.ckpt'}" in text
+    assert snapshot(root) == before
+
+
+def test_table_sizes() -> None:
+    """The counts the README quotes (a change here is a change there)."""
+    assert (len(NUMERIC_CASES), len(CALLBACK_CASES), len(FILE_CASES), len(MANIFESTS)) == (216, 24, 43, 5)
