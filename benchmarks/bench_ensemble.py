@@ -19,8 +19,13 @@ Modes (``--modes``, comma-separated; ratios side by side in one run):
 - ``layout``: raw steps of K = ``--layout-k`` members each way the ensemble could batch them (the measurement
   behind the choice in :mod:`lightning_mem.ensemble`): autograd through ``x @ W.mT``, ``vmap(grad)`` over
   ``stack_module_state``, the stacked linear used, and K separate nets one after another.
-  (Phase 2 adds ``sweep``: ``lightning-mem sweep local --pack`` vs unpacked, at the same --max-parallel.)
+- ``sweep`` (``--sweep``): the real ``lightning-mem sweep local FILE --max-parallel N`` with and without
+  ``--pack``, one after the other (alternating over ``--rounds``), for each of ``--sweep-files`` (default
+  ``sweeps/repro/sin_sigma.yaml``, 15 runs, and ``sweeps/ensemble_digits.yaml``, 20 runs): wall time of
+  the whole command, CPU time of all its processes, the load average around each arm, and the largest
+  difference in any run's final val/acc between the two arms (they train the same runs).
 
+    python benchmarks/bench_ensemble.py --sweep --max-parallel 2          # packed vs unpacked sweeps
     python benchmarks/bench_ensemble.py                                   # grid + align on this CPU
     python benchmarks/bench_ensemble.py --modes device --device cuda      # K = 1, 5, 15, 45 on a GPU
     python benchmarks/bench_ensemble.py --modes device --device cpu --k 1,5 --n 1024 --steps 3  # dry run
@@ -30,10 +35,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import math
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -515,7 +523,60 @@ def run_layout(args: argparse.Namespace) -> None:
         print(f"| {d} | {' | '.join(_layout_row(d, K, args.rounds))} |", flush=True)
 
 
-MODES = {"grid": run_grid, "align": run_align, "device": run_device, "layout": run_layout}
+# ---------------------------------------------------------------------------------------------- sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sweep_arm(path: str, packed: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """One ``lightning-mem sweep local`` of ``path`` into a temporary root: wall and CPU time, results."""
+    with tempfile.TemporaryDirectory() as root:
+        cmd = [sys.executable, "-m", "lightning_mem", "sweep", "local", path, "--root", root,
+               "--max-parallel", str(args.max_parallel), "--wandb-mode", args.wandb_mode,
+               *(["--pack"] if packed else [])]
+        load0, before = os.getloadavg()[0], resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        after, load1 = resource.getrusage(resource.RUSAGE_CHILDREN), os.getloadavg()[0]
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        (manifest,) = Path(root).glob("*/manifest.json")
+        runs = json.loads(manifest.read_text())["runs"]
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    processes = len({r.get("pack") or rid for rid, r in runs.items()})
+    return {"wall": wall, "cpu": cpu, "load": (load0, load1), "processes": processes,
+            "val": {rid: r["metrics"].get("val/acc") for rid, r in runs.items()},
+            "statuses": sorted({r["status"] for r in runs.values()})}
+
+
+def run_sweep(args: argparse.Namespace) -> None:
+    print(f"\n## sweep: `lightning-mem sweep local FILE --max-parallel {args.max_parallel} --wandb-mode "
+          f"{args.wandb_mode}` without and with `--pack`, {args.rounds} alternating round(s); wall time of "
+          "the command, CPU time of all its processes (median over rounds)\n")
+    print("| sweep | runs | processes unpacked / packed | unpacked wall | packed wall | ratio (wall) "
+          "| ratio (CPU) | load average during unpacked / packed | max |Δ val/acc| |")
+    print("|---|---:|---|---:|---:|---:|---:|---|---:|")
+    for path in args.sweep_files.split(","):
+        arms: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        for r in range(args.rounds):
+            for packed in (False, True) if r % 2 == 0 else (True, False):
+                arms[packed].append(_sweep_arm(path, packed, args))
+        plain, packed_ = arms[False], arms[True]
+        wall = [statistics.median(a["wall"] for a in arms[p]) for p in (False, True)]
+        cpu = [statistics.median(a["cpu"] for a in arms[p]) for p in (False, True)]
+        diff = max(abs(a - b) for x, y in zip(plain, packed_, strict=True) for rid in x["val"]
+                   for a, b in [(x["val"][rid], y["val"][rid])])
+        loads = " / ".join("–".join(f"{v:.1f}" for v in (min(a["load"][0] for a in arms[p]),
+                                                          max(a["load"][1] for a in arms[p])))
+                           for p in (False, True))
+        assert all(a["statuses"] == ["finished"] for a in plain + packed_), "every run must finish"
+        print(f"| `{path}` | {len(plain[0]['val'])} | {plain[0]['processes']} / {packed_[0]['processes']} "
+              f"| {wall[0]:.1f} s | {wall[1]:.1f} s | {wall[0] / wall[1]:.2f}x | {cpu[0] / cpu[1]:.2f}x "
+              f"| {loads} | {diff:.1e} |", flush=True)
+
+
+MODES = {"grid": run_grid, "align": run_align, "device": run_device, "layout": run_layout, "sweep": run_sweep}
 
 
 def main() -> int:
@@ -528,7 +589,7 @@ def main() -> int:
     parser.add_argument("--mnist-epochs", type=int, default=2, help="0 skips mnist5k in the grid mode")
     parser.add_argument("--align-steps", type=int, default=12, help="timed ensemble steps per arm")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3; 1 in the sweep mode)")
     parser.add_argument("--device", default="cpu", help="device of the device mode (cuda or cpu)")
     parser.add_argument("--k", default="1,5,15,45", help="members per ensemble in the device mode")
     parser.add_argument("--n", type=int, default=50_000, help="training images in the device mode")
@@ -537,7 +598,17 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2000, help="run length projected in the device mode")
     parser.add_argument("--layout-k", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--sweep", action="store_true", help="the sweep mode alone (--modes sweep)")
+    parser.add_argument("--sweep-files", default="sweeps/repro/sin_sigma.yaml,sweeps/ensemble_digits.yaml",
+                        help="comma-separated sweep files of the sweep mode (relative to the repository)")
+    parser.add_argument("--max-parallel", type=int, default=2, help="--max-parallel of both arms")
+    parser.add_argument("--wandb-mode", default="disabled", choices=["disabled", "offline"],
+                        help="--wandb-mode of both arms (disabled: the training path alone)")
     args = parser.parse_args()
+    if args.sweep:
+        args.modes = "sweep"
+    if args.rounds is None:
+        args.rounds = 1 if args.modes == "sweep" else 3
     args.k = [int(v) for v in args.k.split(",")]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]

@@ -1,16 +1,23 @@
 """The Lightning loop vs a hand-written PyTorch loop, side by side in one process (target: <= 1.15x).
 
-Both train the same ``ScaledMLP`` with plain SGD on the same in-memory tensors, in the same batches
-(the ``TensorBatchLoader`` that ``ImageClassificationData`` serves: a seeded permutation per epoch,
-batches by index gather), for the same number of steps; both keep the epoch's loss and accuracy on
-the device, and their final epoch losses must agree. The Lightning side is a real ``Trainer`` +
+All arms train the same ``ScaledMLP`` with plain SGD on the same in-memory tensors, in the same batches
+(``lightning_mem.data.training_loader``, what ``ImageClassificationData`` serves: a seeded permutation per
+epoch, batches by index gather), for the same number of steps; all keep the epoch's loss and accuracy on
+the device, and their final epoch losses must agree. The Lightning arms are a real ``Trainer`` +
 ``MemorizationModule`` with what the CLI adds to every run: CSV logging, the ``DivergenceGuard`` and
 ``RunStatus`` callbacks, and the trainer settings a long run uses (no progress bar,
-``log_every_n_steps`` of one epoch); no validation and no checkpoints on either side. The two
-alternate, ``--repeats`` times each, after one warm-up run each; the table shows the median
+``log_every_n_steps`` of one epoch); no validation and no checkpoints in any arm. Arms:
+
+- hand: the loop a researcher writes by hand;
+- Lightning: ``MemorizationModule()`` (one SGD step per Lightning step);
+- fused: ``MemorizationModule(steps_per_call=k)`` (``--steps-per-call``, default 16): up to k SGD steps per
+  Lightning step through ``lightning_mem.fused`` (eager on a CPU; groups also end at the guard's reads,
+  every 20 steps). Its final loss must equal the Lightning arm's exactly.
+
+The arms alternate, ``--repeats`` times each, after one warm-up run each; the table shows the median
 training-loop time (first batch to the end of training, setup excluded) as wall and CPU time, and
-the full ``fit`` wall time. On a shared machine the CPU
-time (``time.process_time``, all threads) is the steadier figure.
+the full ``fit`` wall time. On a shared machine the CPU time (``time.process_time``, all threads) is the
+steadier figure.
 
     python benchmarks/bench_loop.py               # the paper's MLP 3072->1024->10 (batch 256), a small MLP
     python benchmarks/bench_loop.py --threads 1 --repeats 5
@@ -34,7 +41,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
-from lightning_mem.data import TensorBatchLoader
+from lightning_mem.data import TensorBatchLoader, training_loader
 from lightning_mem.guard import DivergenceGuard, RunStatus
 from lightning_mem.losses import cross_entropy
 from lightning_mem.module import MemorizationModule
@@ -64,13 +71,7 @@ class TensorData(L.LightningDataModule):
         self.batch_size, self.seed, self.label_noise = batch_size, seed, 0.0
 
     def train_dataloader(self) -> TensorBatchLoader:
-        return TensorBatchLoader(
-            (self.x, self.y, self.noisy),
-            self.batch_size,
-            shuffle=True,
-            seed=self.seed,
-            epoch_fn=lambda: self.trainer.current_epoch if self.trainer else None,
-        )
+        return training_loader((self.x, self.y, self.noisy), self.batch_size, self.seed, self.trainer)
 
 
 Timing = tuple[float, float, float, float]  # loop wall s, loop CPU s, total wall s, final epoch loss
@@ -83,7 +84,7 @@ class LoopTimer(L.Callback):
         self.start = self.end = self.cpu_start = self.cpu_end = 0.0
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
-        if trainer.global_step == 0 and not self.start:
+        if not self.start:
             self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
     def on_train_end(self, *args: object) -> None:
@@ -123,10 +124,10 @@ def hand_loop(case: Case, x: Tensor, y: Tensor) -> Timing:
     return end - loop_start, cpu_end - cpu_start, end - start, epoch_loss
 
 
-def lightning_loop(case: Case, x: Tensor, y: Tensor, root: str) -> Timing:
+def lightning_loop(case: Case, x: Tensor, y: Tensor, root: str, steps_per_call: int = 1) -> Timing:
     """``Trainer.fit`` with what the CLI gives every run (checkpoints and validation aside)."""
     start = time.perf_counter()
-    module = MemorizationModule(make_net(case), loss="cross_entropy", lr=0.01)
+    module = MemorizationModule(make_net(case), loss="cross_entropy", lr=0.01, steps_per_call=steps_per_call)
     timer = LoopTimer()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -146,15 +147,16 @@ def lightning_loop(case: Case, x: Tensor, y: Tensor, root: str) -> Timing:
             float(trainer.callback_metrics["train/loss"]))
 
 
-def run_case(case: Case, repeats: int) -> dict[str, float]:
+def run_case(case: Case, repeats: int, steps_per_call: int) -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(case.n, *case.input_shape, generator=g)
     y = torch.randint(0, 10, (case.n,), generator=g)
-    results: dict[str, list[Timing]] = {"hand": [], "lightning": []}
+    results: dict[str, list[Timing]] = {"hand": [], "lightning": [], "fused": []}
     with tempfile.TemporaryDirectory() as root:
         runs: dict[str, Callable[[], Timing]] = {
             "hand": lambda: hand_loop(case, x, y),
             "lightning": lambda: lightning_loop(case, x, y, root),
+            "fused": lambda: lightning_loop(case, x, y, root, steps_per_call),
         }
         for fn in runs.values():  # warm-up: allocator, kernels, imports
             fn()
@@ -175,6 +177,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each loop (median reported)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--quick", action="store_true", help="a few steps only (a smoke test of this script)")
+    parser.add_argument("--steps-per-call", type=int, default=16, help="k of the fused arm (default 16)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,22 +192,34 @@ def main() -> None:
     print(f"torch {torch.__version__}, lightning {L.__version__}; CPU; torch threads "
           f"{torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {load}; "
           f"median of {args.repeats} alternating runs")
+    k = args.steps_per_call
     print("| case | steps | hand loop s (wall / CPU) | Lightning loop s (wall / CPU) | ratio wall "
-          "| ratio CPU | Lightning overhead ms/step (CPU) | ratio whole fit (wall) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| ratio CPU | Lightning overhead ms/step (CPU) | ratio whole fit (wall) "
+          f"| fused k={k} loop s (wall / CPU) | fused ratio wall | fused ratio CPU "
+          "| fused overhead ms/step (CPU) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ok = True
     for case in cases:
-        r = run_case(case, args.repeats)
+        r = run_case(case, args.repeats, k)
         steps = case.steps_per_epoch * case.epochs
         if not math.isclose(r["hand_loss"], r["lightning_loss"], rel_tol=1e-4):
             raise SystemExit(f"{case.name}: the loops disagree: final loss {r['hand_loss']} vs "
                              f"{r['lightning_loss']}")
-        wall, cpu = r["lightning_loop"] / r["hand_loop"], r["lightning_cpu"] / r["hand_cpu"]
-        over = (r["lightning_cpu"] - r["hand_cpu"]) / steps * 1e3
-        print(f"| {case.name} | {steps} | {r['hand_loop']:.3f} / {r['hand_cpu']:.3f} "
-              f"| {r['lightning_loop']:.3f} / {r['lightning_cpu']:.3f} | {wall:.3f}x | {cpu:.3f}x "
-              f"| {over:.3f} | {r['lightning_total'] / r['hand_total']:.3f}x |")
-        ok = ok and (case is not cases[0] or min(wall, cpu) <= 1.15)
+        if r["fused_loss"] != r["lightning_loss"]:
+            raise SystemExit(f"{case.name}: the fused step disagrees with the ordinary one: final loss "
+                             f"{r['fused_loss']} vs {r['lightning_loss']}")
+        cells = []
+        for arm in ("lightning", "fused"):
+            wall, cpu = r[f"{arm}_loop"] / r["hand_loop"], r[f"{arm}_cpu"] / r["hand_cpu"]
+            over = (r[f"{arm}_cpu"] - r["hand_cpu"]) / steps * 1e3
+            cells.append((f"{r[f'{arm}_loop']:.3f} / {r[f'{arm}_cpu']:.3f}", f"{wall:.3f}x", f"{cpu:.3f}x",
+                          f"{over:.3f}"))
+            if arm == "lightning":
+                ok = ok and (case is not cases[0] or min(wall, cpu) <= 1.15)
+        (lt, lw, lc, lo), (ft, fw, fc, fo) = cells
+        hand = f"{r['hand_loop']:.3f} / {r['hand_cpu']:.3f}"
+        print(f"| {case.name} | {steps} | {hand} | {lt} | {lw} | {lc} | {lo} "
+              f"| {r['lightning_total'] / r['hand_total']:.3f}x | {ft} | {fw} | {fc} | {fo} |")
     print(f"target (paper MLP): Lightning loop <= 1.15x the hand-written loop: {'met' if ok else 'NOT met'}")
 
 

@@ -468,6 +468,12 @@ class MemCLI(LightningCLI):
             self.parser.error(_error_text(err))
         if stage == "fit":
             self._check_val_interval()
+        check_trainer = getattr(self.model, "check_trainer", None)  # MemorizationModule(steps_per_call > 1)
+        if stage == "fit" and callable(check_trainer):
+            try:
+                check_trainer(self.trainer)
+            except ValueError as err:
+                self.parser.error(str(err))
         if self.checkpoint is not None:
             differences = state_differences(self.checkpoint, self.model)
             if differences:
@@ -503,12 +509,15 @@ class MemCLI(LightningCLI):
         self._before_run("test")
 
 
-def build_cli(args: list[str] | None = None, run: bool = True, cls: type[MemCLI] | None = None) -> MemCLI:
-    """The configured CLI; ``run=False`` only parses and instantiates (for notebooks and tests)."""
+def build_cli(
+    args: list[str] | None = None, run: bool = True, cli_class: type[MemCLI] | None = None
+) -> MemCLI:
+    """The configured CLI; ``run=False`` only parses and instantiates (for notebooks and tests);
+    ``cli_class``: a subclass of :class:`MemCLI` built with the same settings (the ensemble's members)."""
     # omegaconf+ resolves ${...} on the whole config, whose root holds the subcommand (fit.model.lr); this
     # makes ${model.lr} in a config file mean the key of the file's own tree, as users write it.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    return (cls or MemCLI)(
+    return (cli_class or MemCLI)(
         MemorizationModule,
         ImageClassificationData,
         seed_everything_default=0,
@@ -563,7 +572,7 @@ def check_args(argv: Sequence[str]) -> str | None:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            build_cli(list(argv), cls=_ParseOnlyCLI)
+            build_cli(list(argv), cli_class=_ParseOnlyCLI)
         except _Parsed:
             return None
         except SystemExit as exc:

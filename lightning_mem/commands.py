@@ -24,7 +24,7 @@ TOOLS = {
     "report": ("lightning_mem.report", "figures and tables from finished runs or a sweep manifest"),
     "theorem1": ("lightning_mem.theory", "check the paper's Theorem 1 by Monte Carlo on MNIST pairs"),
     "dashboard": ("lightning_mem.dashboard", "interactive HTML dashboard or W&B workspace of runs"),
-    # "ensemble": ("lightning_mem.ensemble", "train a σ × seed grid packed into one process"),
+    "ensemble": ("lightning_mem.ensemble_cli", "train a σ × seed grid as one ensemble in one process (fit)"),
 }
 
 

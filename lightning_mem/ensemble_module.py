@@ -105,6 +105,9 @@ class EnsembleModule(L.LightningModule):
         self.register_buffer("_train_sums", torch.zeros(K, 7, dtype=torch.float64), persistent=False)
         self.register_buffer("_eval_sums", torch.zeros(K, 3, dtype=torch.float64), persistent=False)
         self.member_loggers: list[list[Logger]] = [[] for _ in range(K)]
+        # Per member (module, data) hyperparameters of its single run, as LightningCLI records them
+        # (``net`` with its class path, ``_instantiator``): set by the ensemble CLI, None otherwise.
+        self.member_records: list[tuple[dict[str, Any], dict[str, Any]]] | None = None
         self.last_metrics: list[dict[str, float]] = [{} for _ in range(K)]  # last logged value of each key
         self._label_noise = False
         self._step_loss: Tensor | None = None
@@ -178,6 +181,8 @@ class EnsembleModule(L.LightningModule):
         member_data = getattr(datamodule, "member_data", None)
         for k, loggers in enumerate(self.member_loggers):
             params = dict(member_data[k].hparams) if member_data is not None else {}
+            if self.member_records is not None:
+                params = self.member_records[k][1]
             for logger in loggers:
                 logger.log_hyperparams(self.member_hparams(k) | params)  # the single run: module, then data
 
@@ -277,6 +282,8 @@ class EnsembleModule(L.LightningModule):
 
     def member_hparams(self, k: int) -> dict[str, Any]:
         """Member k's ``MemorizationModule`` hyperparameters (what its single run's checkpoint holds)."""
+        if self.member_records is not None:
+            return dict(self.member_records[k][0])
         m = self.members[k]
         return {"loss": self.loss_name, "loss_scale": m.loss_scale,
                 "loss_scale_with_init": self.loss_scale_with_init, "lr": m.lr, "momentum": 0.0,

@@ -10,6 +10,7 @@ checkpoint path), which is what each member's ``status.json`` and the sweep mani
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,22 +20,18 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_mem.ensemble import MemberSpec, StackedMLP
 from lightning_mem.ensemble_data import EnsembleData
 from lightning_mem.ensemble_module import EnsembleModule
 from lightning_mem.ensemble_monitor import EnsembleAlignmentMonitor
+from lightning_mem.ensemble_plan import PACKABLE_PARAMS
 from lightning_mem.nets import Activation
+from lightning_mem.rundir import write_status
 
 # Dotted config keys of a single run that may differ between the members of one ensemble.
-PACKABLE_KEYS = {
-    "seed_everything": "seed",
-    "model.net.init_std": "init_std",
-    "model.net.init_args.init_std": "init_std",
-    "model.lr": "lr",
-    "model.loss_scale": "loss_scale",
-    "data.label_seed": "label_seed",
-}
+PACKABLE_KEYS = PACKABLE_PARAMS
 
 
 @dataclass
@@ -69,11 +66,15 @@ def member_checkpoint(module: EnsembleModule, k: int, epoch: int, global_step: i
     ``Trainer.validate(MemorizationModule(ScaledMLP(...)), ckpt_path=...)`` and ``test`` load it; it has
     no loop or optimizer state, so it cannot resume a single-run fit (resume the ensemble instead).
     """
-    return {
+    ckpt = {
         "epoch": epoch, "global_step": global_step, "pytorch-lightning_version": L.__version__,
         "state_dict": module.member_state_dict(k), "hyper_parameters": module.member_hparams(k),
         "hparams_name": "kwargs", "member": module.hparams["members"][k],
     }
+    if module.member_records is not None:  # the CLI's record: `validate --ckpt_path` alone rebuilds it
+        ckpt |= {"datamodule_hparams_name": "kwargs",
+                 "datamodule_hyper_parameters": module.member_records[k][1]}
+    return ckpt
 
 
 class MemberCheckpoint(L.Callback):
@@ -103,6 +104,71 @@ class MemberCheckpoint(L.Callback):
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
                 torch.save(member_checkpoint(pl_module, k, trainer.current_epoch, trainer.global_step), tmp)
                 os.replace(tmp, path)
+
+
+class MemberStatus(L.Callback):
+    """Writes each member's ``<run folder>/status.json`` as :class:`~lightning_mem.guard.RunStatus` writes a
+    single run's: ``running`` (``pid``, ``host``) at the fit's start, ``diverged`` (``diverged_step``,
+    ``reason``, ``message``) at the end of the epoch in which the member diverged — the others go on —,
+    ``finished`` at the fit's end, ``interrupted`` (SIGTERM, Ctrl-C) or ``failed`` on an exception. Every
+    record has ``global_step`` and ``epoch`` (the trainer's then; a diverged record: the epoch of the
+    divergence). ``dirpaths[k]`` None: member k is not written (a member that ended before a resume).
+    On an exception it also flushes every member's loggers, as Lightning flushes a single run's.
+    """
+
+    def __init__(self, dirpaths: Sequence[str | Path | None]) -> None:
+        super().__init__()
+        self.dirpaths = [None if d is None else Path(d) for d in dirpaths]
+        self._ended: set[int] = set()
+
+    def _write(
+        self, trainer: L.Trainer, k: int, status: str, epoch: int | None = None, **fields: Any
+    ) -> None:
+        path = self.dirpaths[k]
+        if path is not None and k not in self._ended:
+            epoch = trainer.current_epoch if epoch is None else epoch
+            write_status(path, status, global_step=trainer.global_step, epoch=epoch, **fields)
+            if status != "running":
+                self._ended.add(k)
+
+    def _diverged(self, trainer: L.Trainer, module: L.LightningModule) -> list[bool]:
+        """Record the members that diverged since the last call; returns who is still alive."""
+        assert isinstance(module, EnsembleModule)
+        records = module.divergence()  # one host read
+        for k, d in enumerate(records):
+            if d is not None:
+                self._write(trainer, k, "diverged", epoch=d["epoch"], diverged_step=d["step"],
+                            reason=d["reason"], message=d["message"])
+        return [d is None for d in records]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for k, alive in enumerate(self._diverged(trainer, pl_module)):
+            if alive:
+                self._write(trainer, k, "running", pid=os.getpid(), host=socket.gethostname())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._diverged(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for k, alive in enumerate(self._diverged(trainer, pl_module)):
+            if alive:
+                self._write(trainer, k, "finished")
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if trainer.state.fn != "fit":
+            return
+        assert isinstance(pl_module, EnsembleModule)
+        pl_module.save_member_logs()  # the rows logged so far reach the files (Lightning flushes its own)
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            status = "interrupted"
+            reason = "SIGTERM" if isinstance(exception, SIGTERMException) else "KeyboardInterrupt"
+        else:
+            status, reason = "failed", f"{type(exception).__name__}: {exception}"
+        for k, alive in enumerate(self._diverged(trainer, pl_module)):
+            if alive:
+                self._write(trainer, k, status, reason=reason)
 
 
 def build_ensemble(

@@ -88,16 +88,29 @@ class DivergenceGuard(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # A fused training step (MemorizationModule(steps_per_call > 1)) returns the mean loss of each of
+        # its n SGD steps as "step_losses" (n,); they belong to steps global_step - n ... global_step - 1.
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, Tensor):
-            if self._losses is None or self._losses.device != loss.device:
-                self._losses = torch.zeros(self.check_every_n_steps, device=loss.device)
-            if len(self._steps) == len(self._losses):  # gradient accumulation: more batches than steps
+        losses = outputs.get("step_losses") if isinstance(outputs, dict) else None
+        if not isinstance(losses, Tensor):
+            losses = loss.detach().reshape(1) if isinstance(loss, Tensor) else None
+        n = 0 if losses is None else len(losses)
+        if losses is not None and n:
+            if self._losses is None or self._losses.device != losses.device or len(self._losses) < n:
+                if self._steps:
+                    self._check_losses(trainer, pl_module)
+                self._losses = torch.zeros(max(self.check_every_n_steps, n), device=losses.device)
+            if len(self._steps) + n > len(self._losses):  # gradient accumulation: more batches than steps
                 self._check_losses(trainer, pl_module)
-            self._losses[len(self._steps)] = loss.detach().reshape(())  # a device copy, no host sync
-            self._steps.append(trainer.global_step - 1)  # the optimizer already stepped on this loss
+            m = len(self._steps)
+            self._losses[m : m + n] = losses.detach()  # a device copy, no host sync
+            step = trainer.global_step  # the optimizer already stepped on these losses
+            self._steps.extend(range(step - n, step))
         last_batch = batch_idx + 1 == trainer.num_training_batches
-        if trainer.global_step % self.check_every_n_steps == 0 or last_batch:
+        # A read when global_step reached a multiple of check_every_n_steps during this batch (for one step:
+        # global_step % check_every_n_steps == 0).
+        every = self.check_every_n_steps
+        if trainer.global_step // every > (trainer.global_step - max(n, 1)) // every or last_batch:
             self._check_losses(trainer, pl_module)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

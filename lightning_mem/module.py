@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import lightning as L
@@ -13,9 +14,24 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
 from lightning_mem.checks import check_choice
+from lightning_mem.data import IndexBlock, TensorBatchLoader
+from lightning_mem.fused import (
+    Backend,
+    FusedSGD,
+    accumulate,
+    check_data_device,
+    count_sgd_steps,
+    epoch_means,
+    forward_loss,
+    plan_epoch,
+    step_schedule,
+    trainer_problems,
+    unsupported_nets,
+)
 from lightning_mem.losses import LOSSES
 
 LossName = Literal["cross_entropy", "hinge", "squared"]
+FusedBackend = Literal["auto", "graph", "compile", "eager"]
 
 
 class MaskedMean(Metric):
@@ -67,6 +83,15 @@ class MemorizationModule(L.LightningModule):
         lr: SGD learning rate (0.01 in the paper).
         momentum: SGD momentum (0 in the paper).
         weight_decay: SGD weight decay (0 in the paper).
+        steps_per_call: SGD steps per Lightning step (1: the ordinary training step). Above 1 the fused
+            step of :mod:`lightning_mem.fused` runs up to this many consecutive batches per Lightning step
+            (manual optimization; ``global_step`` and the logged ``step`` still count SGD steps; measuring
+            steps of ``AlignmentMonitor`` run alone through the ordinary hooks). Needs
+            ``ImageClassificationData``, one device, FP32, plain SGD (no momentum) and a net without
+            BatchNorm or dropout.
+        fused_backend: How the fused step runs: auto (a CUDA graph on a GPU, eager on a CPU), graph
+            (on a CPU: the graph's bookkeeping emulated), compile (``torch.compile(mode="reduce-overhead")``)
+            or eager. Ignored when ``steps_per_call`` is 1.
     """
 
     def __init__(
@@ -78,9 +103,21 @@ class MemorizationModule(L.LightningModule):
         lr: float = 0.01,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        steps_per_call: int = 1,
+        fused_backend: FusedBackend = "auto",
     ) -> None:
         super().__init__()
         check_choice("loss", loss, get_args(LossName))
+        check_choice("fused_backend", fused_backend, get_args(FusedBackend))
+        if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
+            raise ValueError(f"steps_per_call={steps_per_call!r} must be an integer >= 1")
+        if steps_per_call > 1 and momentum:
+            raise ValueError(f"steps_per_call={steps_per_call} runs plain SGD only, not momentum={momentum}: "
+                             "set momentum 0 or steps_per_call 1")
+        if steps_per_call > 1 and unsupported_nets(net):
+            raise ValueError(f"steps_per_call={steps_per_call} cannot run {type(net).__name__}: it has "
+                             f"{', '.join(unsupported_nets(net))} (batch statistics or random masks per "
+                             "step); use steps_per_call 1")
         for name, value in (("loss_scale", loss_scale), ("lr", lr)):
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name}={value!r} must be a positive finite number")
@@ -107,6 +144,9 @@ class MemorizationModule(L.LightningModule):
         self.val_loss, self.val_acc = _mean(), _mean()
         self.test_loss, self.test_acc = _mean(), _mean()
         self._label_noise = False
+        self.steps_per_call, self.fused_backend = steps_per_call, fused_backend
+        self.automatic_optimization = steps_per_call == 1
+        self._fused: FusedSGD | None = None
 
     def _save_hyperparameters(self, net: nn.Module) -> None:
         """Record the config in ``hparams`` (and so in every checkpoint).
@@ -136,7 +176,9 @@ class MemorizationModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         self._label_noise = float(getattr(datamodule, "label_noise", 0.0)) > 0
 
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor | dict[str, Tensor]:
+        if not self.automatic_optimization:
+            return self._fused_training_step(batch)
         x, y = batch[0], batch[1]
         logits = self.net(x)
         per_example = self.loss_fn(logits, y)
@@ -152,6 +194,11 @@ class MemorizationModule(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        if self._fused is not None:
+            for key, value in epoch_means(self._fused.sums, self._label_noise).items():
+                self.log(key, value, sync_dist=True)
+            self._fused.sums.zero_()
+            return
         metrics: dict[str, Metric] = {"train/loss": self.train_loss, "train/acc": self.train_acc}
         if self._label_noise:
             metrics |= {"train/acc_clean": self.train_acc_clean, "train/acc_noisy": self.train_acc_noisy}
@@ -182,6 +229,79 @@ class MemorizationModule(L.LightningModule):
         self.log(f"{stage}/acc", acc_metric.compute(), sync_dist=True)
         loss_metric.reset()
         acc_metric.reset()
+
+    # ------------------------------------------------------------------ the fused step (steps_per_call > 1)
+
+    @property
+    def train_block_plan(self) -> Callable[[list[int]], list[tuple[int, bool]]] | None:
+        """How ``ImageClassificationData``'s train loader groups an epoch's batches (None: one per step)."""
+        return None if self.steps_per_call == 1 else self._plan_blocks
+
+    def _plan_blocks(self, batch_sizes: list[int]) -> list[tuple[int, bool]]:
+        trainer = self.trainer
+        measure, bounds = step_schedule(trainer)
+        return plan_epoch(trainer.global_step, batch_sizes, self.steps_per_call, measure, bounds,
+                          trainer.max_steps)
+
+    def check_trainer(self, trainer: L.Trainer) -> None:
+        """Raise ``ValueError`` naming the trainer settings ``steps_per_call > 1`` cannot run with."""
+        problems = trainer_problems(trainer) if self.steps_per_call > 1 else []
+        if problems:
+            raise ValueError(f"steps_per_call={self.steps_per_call} cannot run with {'; '.join(problems)}; "
+                             "change those settings or use steps_per_call 1")
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # The earliest hook that sees the trainer: the fused step's checks come before Lightning's own
+        # (which would refuse accumulation or clipping for "manual optimization", a name users never chose).
+        if self.steps_per_call > 1 and self.trainer.state.fn == "fit":
+            self.check_trainer(self.trainer)
+        return []
+
+    def on_train_start(self) -> None:
+        if self.automatic_optimization:
+            return
+        loader = self.trainer.train_dataloader
+        if not isinstance(loader, TensorBatchLoader) or loader.block_plan is None:
+            raise ValueError(f"steps_per_call={self.steps_per_call} needs the train loader of "
+                             "ImageClassificationData (batches gathered by index on the device); got "
+                             f"{type(loader).__name__}")
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)
+        raw = optimizer.optimizer  # the torch SGD inside Lightning's wrapper: the fused step calls it
+        device = next(self.net.parameters()).device
+        check_data_device(loader.tensors, device)  # before any step, not at the first group
+        backend: Backend = ("graph" if device.type == "cuda" else "eager") if self.fused_backend == "auto" \
+            else self.fused_backend
+        self._fused = FusedSGD(self.net, self.loss_fn, raw, self.steps_per_call, self._label_noise, backend)
+
+    def on_train_end(self) -> None:
+        self._fused = None  # its buffers and graphs hold device memory; a later fit makes new ones
+
+    def _fused_training_step(self, batch: Any) -> dict[str, Tensor]:
+        """One group of SGD steps: an :class:`IndexBlock` through the fused step, or one ordinary batch (a
+        measuring step) through Lightning's hooks (``manual_backward`` fires ``on_after_backward``, the
+        optimizer step ``on_before_optimizer_step``). ``global_step`` moves by one ``optimizer.step()`` per
+        SGD step; the block's updates are already done, so those calls find no gradient and change nothing."""
+        fused = self._fused
+        assert fused is not None, "on_train_start builds the fused step"
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)
+        if isinstance(batch, IndexBlock):
+            losses = fused.run(batch)
+            for _ in range(len(losses)):
+                optimizer.step()
+        else:
+            x, y = batch[0], batch[1]
+            noisy = batch[2] if self._label_noise and len(batch) > 2 else None
+            logits, per_example, loss = forward_loss(self.net, self.loss_fn, x, y)
+            accumulate(fused.sums, logits, per_example, y, noisy)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            losses = loss.detach().view(1)
+        count_sgd_steps(self.trainer, len(losses))
+        return {"loss": losses[-1], "step_losses": losses}
 
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(

@@ -58,7 +58,11 @@ def canonical_key(runs: Sequence[Run], key: str) -> str | None:
         return key
     name = ALIASES.get(key) or key.replace(".init_args", "").split(".")[-1]
     hp = f"hp.{name}"
-    same = all(_hashable(r.params.get(key)) == _hashable(r.params.get(hp)) for r in runs)
+
+    def as_hp(value: Any) -> Any:  # hp.net is the class name of model.net.class_path
+        return value.rsplit(".", 1)[-1] if name == "net" and isinstance(value, str) else _hashable(value)
+
+    same = all(as_hp(r.params.get(key)) == _hashable(r.params.get(hp)) for r in runs)
     return hp if name in HP_KEYS and same else None
 
 

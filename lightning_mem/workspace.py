@@ -12,8 +12,9 @@ over each group); alignment vs ``epoch`` (``align/grad/<W1>``, ``align/grad/logi
 ``align/rep/<layer>``, ``val/align/rep/<layer>``); final train and best held-out accuracy vs σ,
 held-out accuracy vs alignment and ‖∇W1‖/‖W1‖ vs σ (scatter plots of run summaries, one point per
 run, log σ); the runs table with status, the group keys and the final numbers pinned. Summaries: a
-metric declared with ``define_metric(summary=...)`` is a dict in W&B (``val/acc.max``); against a
-server the names are read from the runs' summaries, with ``--print`` the declared forms are assumed
+metric declared with several summaries is a dict in W&B (``val/acc.max``), one declared "last" a plain
+value; against a server the names are read from the runs' summaries, with ``--print`` the declared
+forms are assumed
 (:data:`SUMMARY`).
 """
 
@@ -28,7 +29,9 @@ from typing import Any
 from lightning_mem.rundir import HP_KEYS
 from lightning_mem.runsets import REP_NAMES, W1_NAMES, Keys
 
-SUMMARY = {"val/acc": "max"}  # the summary each scatter reads: best held-out accuracy; else "last"
+# The summary each scatter reads where the CLI declares several (loggers.SUMMARIES: val/acc max and
+# last, a dict in W&B); every other metric is declared "last" only, which W&B keeps as a plain value.
+SUMMARY = {"val/acc": "max"}
 DEFAULT_GROUP = ("init_std",)
 
 
@@ -37,15 +40,16 @@ def summary_name(metric: str, summaries: Iterable[Mapping[str, Any]] | None) -> 
     of declared summaries, the plain name when it holds the last value; ``summaries`` None assumes
     declared summaries."""
     agg = SUMMARY.get(metric, "last")
+    declared = f"{metric}.{agg}" if metric in SUMMARY else metric
     if summaries is None:
-        return f"{metric}.{agg}"
+        return declared
     for summary in summaries:
         value = summary.get(metric)
         if isinstance(value, Mapping):
             return f"{metric}.{agg}" if agg in value else f"{metric}.{next(iter(value), agg)}"
         if value is not None:
             return metric
-    return f"{metric}.{agg}"
+    return declared
 
 
 def metric_names(keys: Iterable[str] | None) -> dict[str, list[str]]:

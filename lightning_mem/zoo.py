@@ -38,7 +38,14 @@ class _ZooNet(nn.Module):
     """A torchvision backbone (``backbone``) whose classifier is replaced by ``features`` + ``out``.
 
     ``forward``: backbone (through global average pooling, classifier removed) → flatten →
-    ``features`` (Identity, the representation layer) → ``out`` (Linear → k).
+    ``features`` (Identity, the representation layer) → ``out`` (Linear → k). BatchNorm couples the
+    examples of a batch: per-example gradients are not independent, so measure representation
+    alignment only.
+
+    Args:
+        input_shape: Shape of one input image (C, H, W). Linked from the data by the CLI.
+        num_classes: Number of outputs k. Linked from the data by the CLI.
+        init_std: σ of the first conv's kernel ~ N(0, σ²); None keeps torchvision's init.
     """
 
     representation_layer = "features"
@@ -134,46 +141,25 @@ class _DenseNet(_ZooNet):
 
 
 class ResNet18(_ResNet):
-    """torchvision ResNet-18 with a 3×3 stride-1 stem and no max-pool (small images).
-
-    BatchNorm couples the examples of a batch: per-example gradients are not independent, so
-    measure representation alignment only (layer ``features``, the pooled 512-d features).
-
-    Args:
-        input_shape: Shape of one input image (C, H, W). Linked from the data by the CLI.
-        num_classes: Number of outputs k. Linked from the data by the CLI.
-        init_std: σ of the first conv's kernel ~ N(0, σ²); None keeps torchvision's init.
-    """
+    """torchvision ResNet-18 with a 3×3 stride-1 stem and no max-pool (small images); representation layer
+    ``features``: the pooled 512-d features. BatchNorm: measure representation alignment only (see
+    :class:`_ZooNet` for why and for the arguments)."""
 
     arch = "resnet18"
 
 
 class ResNet50(_ResNet):
-    """torchvision ResNet-50 with a 3×3 stride-1 stem and no max-pool (small images).
-
-    BatchNorm couples the examples of a batch: per-example gradients are not independent, so
-    measure representation alignment only (layer ``features``, the pooled 2048-d features).
-
-    Args:
-        input_shape: Shape of one input image (C, H, W). Linked from the data by the CLI.
-        num_classes: Number of outputs k. Linked from the data by the CLI.
-        init_std: σ of the first conv's kernel ~ N(0, σ²); None keeps torchvision's init.
-    """
+    """torchvision ResNet-50 with a 3×3 stride-1 stem and no max-pool (small images); representation layer
+    ``features``: the pooled 2048-d features. BatchNorm: measure representation alignment only (see
+    :class:`_ZooNet` for why and for the arguments)."""
 
     arch = "resnet50"
 
 
 class DenseNet121(_DenseNet):
-    """torchvision DenseNet-121 with a 3×3 stride-1 stem and no initial max-pool (small images).
-
-    BatchNorm couples the examples of a batch: per-example gradients are not independent, so
-    measure representation alignment only (layer ``features``, the pooled 1024-d features).
-
-    Args:
-        input_shape: Shape of one input image (C, H, W). Linked from the data by the CLI.
-        num_classes: Number of outputs k. Linked from the data by the CLI.
-        init_std: σ of the first conv's kernel ~ N(0, σ²); None keeps torchvision's init.
-    """
+    """torchvision DenseNet-121 with a 3×3 stride-1 stem and no initial max-pool (small images);
+    representation layer ``features``: the pooled 1024-d features. BatchNorm: measure
+    representation alignment only (see :class:`_ZooNet` for why and for the arguments)."""
 
     arch = "densenet121"
 

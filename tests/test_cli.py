@@ -8,13 +8,11 @@ of tests/test_data.py), with torchvision's md5 checks patched as its own tests d
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -318,45 +316,3 @@ def test_every_config_smoke_runs(name: str, tmp_path: Path) -> None:
     assert (status["status"], status["global_step"]) == ("finished", 2)
     rows = read_rows(run_dir / "metrics.csv")
     assert any(r.get("train/loss") for r in rows) and any(r.get("val/acc") for r in rows)
-
-
-# ---------------------------------------------------------------- benchmark scripts run
-
-
-def _run_bench(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``benchmarks/bench_<name>.py argv`` in this process (no CUDA needed, no second interpreter)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"bench_{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", [f"bench_{name}.py", *argv])
-    return module.main()
-
-
-def test_bench_gpu_exits_cleanly_without_cuda(monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _run_bench("gpu", [], monkeypatch) == 0
-    assert "CUDA is not available on this machine; nothing was measured" in capsys.readouterr().out
-
-
-def test_bench_gpu_cpu_dry_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--n", "256", "--n-val", "64",
-            "--batch-size", "16"]
-    assert _run_bench("gpu", argv, monkeypatch) == 0
-    out = capsys.readouterr().out
-    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| ")]
-    rows = [r for r in cells[1:] if r[1] != "per epoch"]  # after the header
-    loops = [("hand-written", "none"), ("Lightning", "none"), ("Lightning", "every 196 steps"),
-             ("Lightning", "every step")]
-    assert [tuple(r[:3]) for r in rows] == [(net, *loop) for net in ("MLP", "ConvNet") for loop in loops]
-    assert all(float(r[3].replace(",", "")) > 0 for r in rows)
-    assert "a dry run of the script, not a GPU figure" in out and "16 steps/epoch" in out
-
-
-def test_bench_loop_quick(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    _run_bench("loop", ["--quick", "--repeats", "1"], monkeypatch)
-    out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith(("| paper MLP", "| small MLP"))]
-    assert len(rows) == 2 and "target (paper MLP)" in out  # and the two loops' final losses agreed

@@ -150,12 +150,12 @@ def test_wandb_print_groups_on_the_canonical_config_keys(capsys) -> None:
         ("mean", "stddev", "epoch")}
     scatter = got["Accuracy and alignment vs σ"]
     assert [(p["xAxis"], p["yAxis"]) for p in scatter] == [
-        ("config:hp.value.init_std", "summary:train/acc.last"),
+        ("config:hp.value.init_std", "summary:train/acc"),
         ("config:hp.value.init_std", "summary:val/acc.max"),
-        ("summary:align/grad/hidden.weight.last", "summary:val/acc.max"),
-        ("summary:align/rep/act.last", "summary:val/acc.max"),
-        ("summary:val/align/rep/act.last", "summary:val/acc.max"),
-        ("config:hp.value.init_std", "summary:norm/grad_over_weight/hidden.weight.last"),
+        ("summary:align/grad/hidden.weight", "summary:val/acc.max"),
+        ("summary:align/rep/act", "summary:val/acc.max"),
+        ("summary:val/align/rep/act", "summary:val/acc.max"),
+        ("config:hp.value.init_std", "summary:norm/grad_over_weight/hidden.weight"),
     ]
 
 
@@ -180,7 +180,7 @@ def test_wandb_without_credentials_is_a_usage_error(monkeypatch: pytest.MonkeyPa
 
 def test_summary_names_follow_what_the_runs_hold() -> None:
     assert summary_name("val/acc", None) == "val/acc.max"
-    assert summary_name("train/acc", None) == "train/acc.last"
+    assert summary_name("train/acc", None) == "train/acc"  # declared "last" only: a plain value
     assert summary_name("val/acc", [{"val/acc": {"max": 0.9, "last": 0.8}}]) == "val/acc.max"
     assert summary_name("val/acc", [{"val/acc": 0.8}]) == "val/acc"  # undeclared: W&B keeps the last value
     assert summary_name("train/acc", [{}, {"train/acc": {"last": 1.0}}]) == "train/acc.last"

@@ -23,6 +23,7 @@ from lightning_mem.data import (
     DATASETS,
     DatasetName,
     ImageClassificationData,
+    IndexBlock,
     TensorBatchLoader,
     balanced_subset,
     corrupt_labels,
@@ -354,6 +355,51 @@ def test_loader_ddp_shards(n: int) -> None:
     single = _order(TensorBatchLoader((torch.arange(n),), 5, shuffle=True, seed=4, epoch_fn=lambda: 1))
     # Rank r takes every world-th index of one shared permutation.
     assert torch.equal(shards[0][: n // world], single[0 : 3 * (n // world) : 3])
+
+
+def test_loader_serves_the_plan_in_the_ordinary_order() -> None:
+    data = ImageClassificationData("digits", batch_size=64)
+    data.setup()
+    loader = data.train_dataloader()  # no trainer: no module to ask, one batch per step
+    loader.epoch_fn = lambda: 0  # both passes below serve epoch 0
+    assert loader.block_plan is None and len(loader) == 23
+    batches = list(loader)
+    asked: list[list[int]] = []
+    loader.block_plan = lambda sizes: asked.append(sizes) or [(5, False), (1, True), (16, False), (1, False)]
+    with pytest.raises(TypeError, match="has no fixed number of batches per epoch"):
+        len(loader)
+    grouped = list(loader)
+    assert asked == [[64] * 22 + [29]]
+    assert [len(g.idx) if isinstance(g, IndexBlock) else 1 for g in grouped] == [5, 1, 16, 1]
+    i = 0
+    for group in grouped:
+        if isinstance(group, IndexBlock):
+            assert group.source is loader
+            for rows in group.idx:  # each row gathers exactly the ordinary batch
+                assert torch.equal(data.train_x[rows], batches[i][0])
+                assert torch.equal(data.train_y[rows], batches[i][1])
+                i += 1
+        else:  # an eager group is the ordinary batch itself
+            assert all(torch.equal(a, b) for a, b in zip(group, batches[i], strict=True))
+            i += 1
+    assert i == len(batches) == 23
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        ([(5, False)], r"block_plan returned \[\(5, False\)\] for 23 batches: groups must cover them"),
+        ([(23, False)], r"block_plan group \(23, False\) at batch 0 mixes batch sizes"),
+        ([(2, True), (21, False)], r"block_plan group \(2, True\) at batch 0 .* more than one eager batch"),
+    ],
+)
+def test_loader_rejects_a_plan_that_does_not_fit(plan: list[tuple[int, bool]], message: str) -> None:
+    data = ImageClassificationData("digits", batch_size=64)
+    data.setup()
+    loader = data.train_dataloader()
+    loader.block_plan = lambda sizes: plan
+    with pytest.raises(ValueError, match=message):
+        list(loader)
 
 
 def test_dataloaders_and_batch_structure() -> None:

@@ -100,7 +100,8 @@ def test_a_readme_without_its_blocks_is_named(copy: Path) -> None:
     done = _check(copy)
     assert done.returncode == 2
     assert (
-        "README.md: blocks ['alignment'] but docs/README.blocks.md defines ['alignment', 'quickstart']"
+        "README.md: blocks ['alignment', 'reproduction'] but docs/README.blocks.md defines ['alignment', "
+        "'quickstart', 'reproduction']"
         in done.stderr
     )
 

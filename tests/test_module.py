@@ -1,4 +1,5 @@
 import copy
+import re
 
 import lightning as L
 import pytest
@@ -113,3 +114,36 @@ def test_clean_and_noisy_accuracy_against_an_independent_recount(tmp_path) -> No
     assert metrics["train/acc_clean"].item() == pytest.approx(clean_acc, abs=1e-6)
     assert metrics["train/acc_noisy"].item() == pytest.approx(noisy_acc, abs=1e-6)
     assert metrics["train/acc"].item() == pytest.approx(correct.mean().item(), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps_per_call": 0}, "steps_per_call=0 must be an integer >= 1"),
+        ({"steps_per_call": True}, "steps_per_call=True must be an integer >= 1"),
+        ({"fused_backend": "cuda"},
+         "fused_backend='cuda' is not supported; allowed: auto, graph, compile, eager"),
+        ({"steps_per_call": 4, "momentum": 0.9},
+         "steps_per_call=4 runs plain SGD only, not momentum=0.9: set momentum 0 or steps_per_call 1"),
+    ],
+)
+def test_fused_arguments_are_checked(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(match)):
+        MemorizationModule(ScaledMLP(input_shape=(1, 8, 8), width=8), **kwargs)
+
+
+@pytest.mark.parametrize("layer", [torch.nn.BatchNorm1d(10), torch.nn.Dropout(0.1)])
+def test_fused_step_refuses_batchnorm_and_dropout(layer: torch.nn.Module) -> None:
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10), layer)
+    name = type(layer).__name__
+    with pytest.raises(ValueError, match=rf"steps_per_call=2 cannot run Sequential: it has {name} "):
+        MemorizationModule(net, steps_per_call=2)
+    assert MemorizationModule(net).automatic_optimization  # the ordinary step runs it
+
+
+def test_steps_per_call_selects_the_optimization() -> None:
+    net = ScaledMLP(input_shape=(1, 8, 8), width=8)
+    assert MemorizationModule(net).automatic_optimization and MemorizationModule(net).train_block_plan is None
+    fused = MemorizationModule(net, steps_per_call=8)
+    assert not fused.automatic_optimization and callable(fused.train_block_plan)
+    assert fused.hparams["steps_per_call"] == 8 and fused.hparams["fused_backend"] == "auto"

@@ -51,6 +51,18 @@ def test_grouping_prefers_the_canonical_keys(grid: list[Any]) -> None:
     assert label(layout.group_keys, (0.01, "relu", 0.9)) == "σ=0.01, activation=relu, momentum=0.9"
 
 
+def test_a_varied_net_class_is_one_canonical_key(tmp_path: Path) -> None:
+    # config.yaml holds the class path, hp.json the class name: one key, not two "net" columns.
+    rows = epoch_rows([0.5], [0.6])
+    for net in ("lightning_mem.nets.ScaledMLP", "lightning_mem.nets.ConvNet"):
+        cfg = config()
+        cfg["model"]["net"]["class_path"] = net
+        write_run(tmp_path, net.rsplit(".", 1)[-1], rows, cfg)
+    runs = load_runs([tmp_path])
+    assert varied_keys(runs) == ["hp.net"]
+    assert Layout.of(runs).group_keys == ["hp.net"]
+
+
 @pytest.mark.parametrize(("spelling", "key"), [
     ("init_std", "hp.init_std"), ("hp.init_std", "hp.init_std"), ("model.net.init_std", "hp.init_std"),
     ("model.net.init_args.init_std", "hp.init_std"), ("seed_everything", "hp.seed"),

@@ -44,10 +44,10 @@ MUTATIONS = (
     Mutation(
         "mask-swap",
         "lightning_mem/module.py",
-        "self.train_acc_clean.update(correct, weight=(~noisy).float())\n"
-        "            self.train_acc_noisy.update(correct, weight=noisy.float())",
-        "self.train_acc_clean.update(correct, weight=noisy.float())\n"
-        "            self.train_acc_noisy.update(correct, weight=(~noisy).float())",
+        "self.train_acc_clean.update(correct, ~noisy)\n"
+        "            self.train_acc_noisy.update(correct, noisy)",
+        "self.train_acc_clean.update(correct, noisy)\n"
+        "            self.train_acc_noisy.update(correct, ~noisy)",
         ("tests/test_module.py",),
         "train/acc_clean and train/acc_noisy recomputed independently, noise fraction far from 0.5",
     ),
