@@ -10,9 +10,10 @@ Run by :class:`lightning_mem.cli.MemCLI` before anything is built or written, ea
   numpy's range 0..2**32-1, integers too large for a C ``long``, model floats beyond float32's range
   (an ``lr`` of 1e300 overflows in the optimizer step), ``accumulate_grad_batches`` < 1,
   ``check_val_every_n_epoch`` < 1, ``val_check_interval`` 0, ``gradient_clip_val`` < 0;
-- :func:`model_size_error`: the parameters of ``model.net`` counted on PyTorch's ``meta`` device (no memory
-  taken) against this machine's memory, so a width of 10**9 is refused with the size it asks for instead
-  of an allocator traceback.
+- :func:`model_size_error`: the parameters of ``model.net`` (or of an ensemble of K of them) counted on
+  PyTorch's ``meta`` device (no memory taken) against this machine's memory, so a width of 10**9 (or 5,000
+  members of width 10**5) is refused with the size it asks for instead of an allocator traceback or the
+  kernel's OOM killer.
 
 :func:`problem_files` also finds which config file holds a key the parser refused.
 """
@@ -202,10 +203,12 @@ def physical_memory() -> int | None:
         return None
 
 
-def model_size_error(net: Mapping[str, Any], key: str = "model.net") -> str | None:
+def model_size_error(net: Mapping[str, Any], key: str = "model.net", members: int = 1) -> str | None:
     """A message when the parameters of the net configured by ``net`` (``class_path`` and ``init_args``)
     and their gradients do not fit in this machine's memory; None when they do or cannot be counted.
 
+    ``members`` > 1: an ensemble of that many copies stacked on a member axis, which also keeps each
+    member's own net as its config built it (three copies of the parameters in all, with the gradients).
     The net is built on PyTorch's ``meta`` device: shapes only, no memory, no time.
     """
     import importlib
@@ -232,14 +235,24 @@ def model_size_error(net: Mapping[str, Any], key: str = "model.net") -> str | No
     if not isinstance(module, torch.nn.Module):
         return None
     params = [(n, tuple(p.shape), p.numel() * p.element_size()) for n, p in module.named_parameters()]
-    total = sum(size for _, _, size in params)
+    if not params:
+        return None
+    total = members * sum(size for _, _, size in params)
+    copies = 2 if members == 1 else 3
     memory = physical_memory()
-    if memory is None or 2 * total <= memory:
+    if memory is None or copies * total <= memory:
         return None
     largest = max(params, key=lambda p: p[2])
-    return (f"{described} needs {format_bytes(total)} for its parameters ({largest[0]} of shape "
-            f"{largest[1]}: {format_bytes(largest[2])}) and as much again for their gradients; this "
-            f"machine has {format_bytes(memory)} of memory; lower the sizes")
+    if members == 1:
+        return (f"{described} needs {format_bytes(total)} for its parameters ({largest[0]} of shape "
+                f"{largest[1]}: {format_bytes(largest[2])}) and as much again for their gradients; this "
+                f"machine has {format_bytes(memory)} of memory; lower the sizes")
+    return (f"an ensemble of {members} members of {described} needs {format_bytes(total)} for its stacked "
+            f"parameters ({members} x {largest[0]} of shape {largest[1]}: "
+            f"{format_bytes(members * largest[2])}) and twice as much again for their gradients and the "
+            f"members' own nets, "
+            f"{format_bytes(copies * total)} in all; this machine has {format_bytes(memory)} of memory; give "
+            "fewer values to --ensemble.* (or a smaller --pack-size), or lower the sizes")
 
 
 def batches_per_epoch(examples: int, batch_size: int, world_size: int, limit: Any) -> int:
