@@ -10,6 +10,7 @@ are byte-identical afterwards. Failures happen before training, so the whole tab
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -167,6 +168,55 @@ def test_callback_key_in_a_config_file(key: str, label: str, earlier: Path, tmp_
     _assert_refused(code, output, key, forms, before, earlier)
 
 
+# `lightning-mem ensemble fit --ensemble.<key> v1,v2`: each member is a `fit` of the same option, so a value
+# refused by `fit` (the table above) is refused for the ensemble too, before any folder is written; and the
+# list itself may be malformed.
+ENSEMBLE = {"init_std": ("model.net.init_std", "0.1"), "seed": ("seed_everything", "1"),
+            "lr": ("model.lr", "0.1"), "loss_scale": ("model.loss_scale", "1"),
+            "label_seed": ("data.label_seed", "1")}
+ENSEMBLE_CASES = [(key, label) for key, (fit_key, _) in ENSEMBLE.items() for label in VALUES
+                  if label not in NUMERIC[fit_key]]
+LISTS = {"empty": "", "blank-item": "{ok},,{ok}", "trailing-comma": "{ok},", "only-commas": ",,"}
+
+
+@pytest.mark.parametrize(("key", "label"), ENSEMBLE_CASES, ids=[f"{k}={v}" for k, v in ENSEMBLE_CASES])
+def test_ensemble_key(key: str, label: str, earlier: Path, capsys: pytest.CaptureFixture[str],
+                      caplog: pytest.LogCaptureFixture) -> None:
+    fit_key, ok = ENSEMBLE[key]
+    argv = ["ensemble", *FIT, "--run.root", str(earlier), f"--ensemble.{key}", f"{ok},{VALUES[label]}"]
+    before = snapshot(earlier)
+    code, output = run_tool(argv, capsys, caplog)
+    _assert_refused(code, output, fit_key, value_forms(label), before, earlier)
+
+
+@pytest.mark.parametrize("form", list(LISTS))
+def test_ensemble_malformed_list(form: str, earlier: Path, capsys: pytest.CaptureFixture[str],
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    text = LISTS[form].format(ok="0.1")
+    before = snapshot(earlier)
+    argv = ["ensemble", *FIT, "--run.root", str(earlier), "--ensemble.lr", text]
+    code, output = run_tool(argv, capsys, caplog)
+    _assert_refused(code, output, "--ensemble.lr", [repr(text)], before, earlier)
+    assert "comma-separated values" in message(output)
+
+
+def test_an_ensemble_too_large_for_memory_names_its_size(
+    earlier: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each member fits; 3,000 of them stacked do not: refused after parsing the first, with the bytes."""
+    seeds = ",".join(map(str, range(3000)))
+    argv = ["ensemble", *FIT, "--model.net.width", "200000", "--run.root", str(earlier),
+            "--ensemble.seed", seeds]
+    before = snapshot(earlier)
+    code, output = run_tool(argv, capsys, caplog)
+    text = message(output)
+    assert code == 2 and "Traceback" not in output, output[-3000:]
+    want = "an ensemble of 3000 members of model.net: ScaledMLP(num_classes=10, width=200000) needs 177.6 GB"
+    assert want in text, text
+    assert "3000 x hidden.weight of shape (200000, 64)" in text and "this machine has" in text
+    assert snapshot(earlier) == before
+
+
 # ---------------------------------------------------------------------------- file arguments
 
 
@@ -210,6 +260,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     put("sweep_list.yaml", "- name\n")
     put("sweep_truncated.yaml", "name: s\nparameters:\n  model.lr: {values: [0.1, 0.")
     put("sweep_binary.yaml", bytes(range(128, 256)))
+    put("pack_empty/pack.json", "")
+    put("pack_list/pack.json", "[1, 2]\n")
+    put("pack_shape/pack.json", '{"members": [{"run_id": "a"}]}\n')
+    put("pack_binary/pack.json", bytes(range(128, 256)))
+    member = [*FIT[1:], "--run.root", str(tmp / "pack_root"), "--run.id", "m0"]
+    bad_member = {"run_id": "m0", "argv": [*member, "--model.lrr", "1"]}
+    put("pack_badkey/pack.json", json.dumps({"members": [bad_member]}))
+    put("pack_torn/pack.json", json.dumps({"members": [{"run_id": "m0", "argv": member}]}))
+    put("pack_torn/checkpoints/last.ckpt", ckpt[: len(ckpt) // 3])
     (tmp / "a_dir").mkdir()
     (tmp / "empty_dir").mkdir()
     made["a_dir"], made["empty_dir"], made["tmp"] = tmp / "a_dir", tmp / "empty_dir", tmp
@@ -303,6 +362,26 @@ FILE_CASES: list[tuple[str, list[str], int, list[str]]] = [
      ["{sweep_truncated_yaml}", "not valid YAML"]),
     ("sweep-binary", ["sweep", "local", "{sweep_binary_yaml}", "--root", "{tmp}/sw", "--dry-run"], 2,
      ["{sweep_binary_yaml}"]),
+    # ensemble fit: --pack DIR (its pack.json) and --ckpt_path
+    ("pack-missing", ["ensemble", "fit", "--pack", "{tmp}/nope"], 2,
+     ["{tmp}/nope/pack.json", "no such file"]),
+    ("pack-dir-without-pack-json", ["ensemble", "fit", "--pack", "{empty_dir}"], 2,
+     ["{empty_dir}/pack.json", "no such file"]),
+    ("pack-given-the-file", ["ensemble", "fit", "--pack", "{pack_list_pack_json}"], 2,
+     ["--pack {pack_list_pack_json}", "the folder that holds it"]),
+    ("pack-empty", ["ensemble", "fit", "--pack", "{tmp}/pack_empty"], 2, ["{pack_empty_pack_json}"]),
+    ("pack-list", ["ensemble", "fit", "--pack", "{tmp}/pack_list"], 2,
+     ["{pack_list_pack_json}", "not a pack file"]),
+    ("pack-wrong-shape", ["ensemble", "fit", "--pack", "{tmp}/pack_shape"], 2,
+     ["{pack_shape_pack_json}", "not a pack file"]),
+    ("pack-binary", ["ensemble", "fit", "--pack", "{tmp}/pack_binary"], 2, ["{pack_binary_pack_json}"]),
+    ("pack-member-bad-key", ["ensemble", "fit", "--pack", "{tmp}/pack_badkey"], 2, ["--model.lrr"]),
+    ("pack-ckpt-torn", ["ensemble", "fit", "--pack", "{tmp}/pack_torn", "--ckpt_path", "last"], 2,
+     ["{tmp}/pack_torn/checkpoints/last.ckpt", "does not load"]),
+    ("ensemble-ckpt-outside-an-ensemble", [*("ensemble", *FIT), "--ensemble.seed", "0,1", "--ckpt_path",
+                                           "{truncated_ckpt}"], 2, ["--ckpt_path {truncated_ckpt}"]),
+    ("ensemble-ckpt-missing", [*("ensemble", *FIT), "--ensemble.seed", "0,1", "--ckpt_path",
+                               "{tmp}/nope.ckpt"], 2, ["{tmp}/nope.ckpt"]),
     ("sweep-root-is-a-file", ["sweep", "local", "{tmp}/good_sweep.yaml", "--root", "{a_file_txt}"], 2,
      ["--root {a_file_txt}"]),
 ]
@@ -319,7 +398,7 @@ def test_file_argument(argv: list[str], code: int, parts: list[str], files: dict
     _sweep_file(tmp, "good_sweep")
     names = {k: str(v) for k, v in files.items()}
     args = [a.format(**names) for a in argv]
-    if args[0] in ("fit", "validate") and "--run.root" not in args:
+    if args[0] in ("fit", "validate", "ensemble") and "--run.root" not in args and "--pack" not in args:
         args += ["--run.root", str(files["real_root"])]
     before = snapshot(tmp)
     got, output = run_tool(args, capsys, caplog)
@@ -371,4 +450,6 @@ def test_a_torn_last_checkpoint_names_the_epoch_checkpoint_that_loads(
 
 def test_table_sizes() -> None:
     """The counts the README quotes (a change here is a change there)."""
-    assert (len(NUMERIC_CASES), len(CALLBACK_CASES), len(FILE_CASES), len(MANIFESTS)) == (216, 24, 43, 5)
+    sizes = (len(NUMERIC_CASES), len(CALLBACK_CASES), len(ENSEMBLE_CASES), len(LISTS), len(FILE_CASES),
+             len(MANIFESTS))
+    assert sizes == (216, 24, 35, 4, 54, 5)
