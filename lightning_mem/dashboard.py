@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from lightning_mem import rundir
+from lightning_mem.checks import path_arg
 from lightning_mem.rundir import RunDirError
 from lightning_mem.runlog import Run, load_runs
 from lightning_mem.runsets import COLUMNS, Keys, Layout, run_numbers, short, varied_keys
@@ -180,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "workspace built from code.")
     sub = parser.add_subparsers(dest="kind", required=True)
     html = sub.add_parser("html", help="One self-contained interactive HTML file (plotly, no network).")
-    html.add_argument("inputs", nargs="+", help="Run folders, folders of runs, or manifest.json files.")
-    html.add_argument("--out", type=Path, required=True, help="The HTML file to write.")
+    html.add_argument("inputs", nargs="+", type=path_arg,
+                      help="Run folders, folders of runs, or manifest.json files.")
+    html.add_argument("--out", type=path_arg, required=True, help="The HTML file to write.")
     html.add_argument("--group-by", nargs="+", default=None, metavar="KEY",
                       help="Initial grouping (default: the keys that differ across runs, except the "
                       "seed); canonical names (init_std, activation, ...) or config keys. The page can "

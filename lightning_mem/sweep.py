@@ -50,6 +50,7 @@ from typing import Any
 import yaml
 
 from lightning_mem import ensemble_plan, rundir, search
+from lightning_mem.checks import path_arg
 from lightning_mem.launch import Signals, child_env, cmd_agents, slots_of
 from lightning_mem.rundir import FolderLock, RunDirError
 
@@ -605,7 +606,7 @@ def parser() -> argparse.ArgumentParser:
                 "one slot per --gpus-per-run of them (default: no pinning)")
     per_run_help = "GPUs per run (agent): --gpus 0,1,2,3 --gpus-per-run 2 gives slots 0,1 and 2,3 (default 1)"
     loc = sub.add_parser("local", help="Run a sweep YAML (grid or random) on this machine, with a manifest.")
-    loc.add_argument("sweep", help="W&B sweep YAML (sweeps/*.yaml)")
+    loc.add_argument("sweep", type=path_arg, help="W&B sweep YAML (sweeps/*.yaml)")
     loc.add_argument("--gpus", help=gpu_help)
     loc.add_argument("--gpus-per-run", type=_positive, default=1, help=per_run_help)
     loc.add_argument("--max-parallel", type=_positive, default=None,
@@ -613,7 +614,8 @@ def parser() -> argparse.ArgumentParser:
     loc.add_argument("--count", type=_positive, default=None,
                      help="number of runs: required for method random (unless run_cap), caps a grid")
     loc.add_argument("--seed", type=int, default=0, help="seed of method random's draws (default: 0)")
-    loc.add_argument("--root", default="runs", help="runs go to ROOT/<sweep name>/<run id>/ (default: runs)")
+    loc.add_argument("--root", type=path_arg, default="runs",
+                     help="runs go to ROOT/<sweep name>/<run id>/ (default: runs)")
     loc.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     loc.add_argument("--wandb-mode", default="offline", choices=["offline", "disabled", "online"],
                      help="WANDB_MODE of the runs (default: offline; `wandb sync` uploads them later)")

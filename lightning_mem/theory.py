@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning_mem.checks import path_arg
+
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
@@ -246,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         default=20_000, help="Draws of w (hidden units) per σ (at most 10**8).")
     parser.add_argument("--seed", type=_number(int, "--seed must be an integer in [0, 2**63)", 0, 2**63),
                         default=0)
-    parser.add_argument("--out", type=Path, required=True,
+    parser.add_argument("--out", type=path_arg, required=True,
                         help="Folder for theorem1.png and theorem1.csv (created if missing).")
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.out.exists() and not args.out.is_dir():
