@@ -53,14 +53,20 @@ def _looks_inline(value: str) -> bool:
 def load_config_file(option: str, value: str) -> Mapping[str, Any] | None:
     """The mapping in the config file ``value`` of ``option``; None for inline YAML text (left to
     jsonargparse); ``ValueError`` naming the file for anything that is not a mapping of keys."""
+    if not value.strip():  # an unset shell variable: not the current folder
+        raise ValueError(f"{option} {value!r}: an empty path; give the path of a YAML config file "
+                         "(configs/*.yaml)")
     path = Path(value)
     if not path.exists():
         if _looks_inline(value):
             return None
         raise ValueError(f"{option} {value}: no such file; give the path of a YAML config file "
                          "(configs/*.yaml)")
-    if not path.is_file():
+    if path.is_dir():
         raise ValueError(f"{option} {value}: is a directory, not a config file; give a YAML file in it")
+    if not path.is_file():  # /dev/null, a pipe (which would block the read), a socket
+        raise ValueError(f"{option} {value}: not a regular file (a device, pipe or socket); give the path of "
+                         "a YAML config file (configs/*.yaml)")
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as err:

@@ -227,6 +227,9 @@ class MemCLI(LightningCLI):
         except ValueError as err:
             parser.error(str(err))
         sub, ckpt = _scan(argv)
+        if ckpt is not None and not ckpt.strip():
+            parser.error(f"--ckpt_path {ckpt!r}: an empty path; give a .ckpt file written by `lightning-mem "
+                         "fit`, or `last` to resume the newest run of this run.name")
         if sub is not None and ckpt not in (None, "last"):
             try:
                 self.checkpoint = load_checkpoint(Path(str(ckpt)))

@@ -85,7 +85,11 @@ def check_name(key: str, value: str) -> str:
 
 
 def run_path(root: str | Path, name: str, run_id: str) -> Path:
-    """``<root>/<name>/<run_id>``, after checking that both parts are single safe folder names."""
+    """``<root>/<name>/<run_id>``, after checking that both parts are single safe folder names and that the
+    root is not an empty string (an unset shell variable, which would put the runs in the current folder)."""
+    if not str(root).strip():
+        raise RunDirError(f"run.root={str(root)!r} is empty; give a folder for the runs (default: runs; "
+                          "'.' for the current folder)")
     return Path(root) / check_name("run.name", name) / check_name("run.id", run_id)
 
 
