@@ -302,8 +302,12 @@ FILE_CASES: list[tuple[str, list[str], int, list[str]]] = [
     ("config-scalar", [*FIT, "--config", "{scalar_yaml}"], 2, ["{scalar_yaml}", "must be a mapping"]),
     ("config-binary", [*FIT, "--config", "{binary_yaml}"], 2, ["{binary_yaml}", "not a text file"]),
     ("model-config-list", [*FIT, "--model", "{list_yaml}"], 2, ["--model {list_yaml}", "must be a mapping"]),
+    ("config-empty-path", [*FIT, "--config", ""], 2, ["--config ''", "an empty path"]),
+    ("config-not-a-regular-file", [*FIT, "--config", "/dev/null"], 2, ["/dev/null", "not a regular file"]),
+    ("run-root-empty-path", [*FIT, "--run.root", ""], 2, ["run.root=''", "is empty"]),
     # fit --ckpt_path (each would resume into, or start beside, the real run: it must stay byte-identical)
     ("ckpt-missing", [*FIT, "--ckpt_path", "{tmp}/nope.ckpt"], 2, ["{tmp}/nope.ckpt", "no such checkpoint"]),
+    ("ckpt-empty-path", [*FIT, "--ckpt_path", ""], 2, ["--ckpt_path ''", "an empty path"]),
     ("ckpt-directory", [*FIT, "--ckpt_path", "{a_dir}"], 2, ["{a_dir}", "no such checkpoint file"]),
     ("ckpt-empty", [*FIT, "--ckpt_path", "{empty_ckpt}"], 2, ["{empty_ckpt}", "does not load"]),
     ("ckpt-truncated", [*FIT, "--ckpt_path", "{truncated_ckpt}"], 2, ["{truncated_ckpt}", "does not load"]),
@@ -330,6 +334,17 @@ FILE_CASES: list[tuple[str, list[str], int, list[str]]] = [
      ["binary_run/q/r/metrics.csv", "not a metrics.csv"]),
     ("report-metrics-no-header", ["report", "{tmp}/noheader_run", "--out", "{tmp}/rep"], 2,
      ["noheader_run/q/r/metrics.csv", "no 'step' column"]),
+    ("report-input-empty-path", ["report", "", "--out", "{tmp}/rep"], 2, ["inputs", "'' is an empty path"]),
+    ("report-out-empty-path", ["report", "{run}", "--out", ""], 2, ["--out", "'' is an empty path"]),
+    ("dashboard-input-empty-path", ["dashboard", "html", "", "--out", "{tmp}/d.html"], 2,
+     ["inputs", "'' is an empty path"]),
+    ("dashboard-out-empty-path", ["dashboard", "html", "{run}", "--out", ""], 2,
+     ["--out", "'' is an empty path"]),
+    ("theorem1-out-empty-path", ["theorem1", "--out", ""], 2, ["--out", "'' is an empty path"]),
+    ("sweep-file-empty-path", ["sweep", "local", "", "--dry-run"], 2, ["sweep", "'' is an empty path"]),
+    ("sweep-root-empty-path", ["sweep", "local", "{tmp}/good_sweep.yaml", "--root", " "], 2,
+     ["--root", "' ' is an empty path"]),
+    ("pack-empty-path", ["ensemble", "fit", "--pack", ""], 2, ["--pack", "'' is an empty path"]),
     ("report-out-existing-file", ["report", "{run}", "--out", "{a_file_txt}"], 2,
      ["--out {a_file_txt}", "existing file"]),
     ("report-out-under-a-file", ["report", "{run}", "--out", "{a_file_txt}/sub"], 2,
@@ -452,4 +467,4 @@ def test_table_sizes() -> None:
     """The counts the README quotes (a change here is a change there)."""
     sizes = (len(NUMERIC_CASES), len(CALLBACK_CASES), len(ENSEMBLE_CASES), len(LISTS), len(FILE_CASES),
              len(MANIFESTS))
-    assert sizes == (216, 24, 35, 4, 54, 5)
+    assert sizes == (216, 24, 35, 4, 66, 5)
