@@ -106,7 +106,9 @@ class KillAt(L.Callback):
         elif point == "status":
             self._wrap_status(n)
         elif point == "thread":
-            threading.Timer(n / 1000, _die).start()
+            timer = threading.Timer(n / 1000, _die)
+            timer.daemon = True  # a moment after the process ends is no kill point: it must not wait for it
+            timer.start()
 
     def _wrap_checkpoint_io(self, trainer: L.Trainer, point: str, n: int) -> None:
         io = trainer.strategy.checkpoint_io
@@ -114,12 +116,15 @@ class KillAt(L.Callback):
         if point == "ckpt_torn" and isinstance(io, RunCheckpointIO):
             write = io._write
 
-            def torn_write(fh: Any, data: Any) -> None:  # the run's own writer, killed halfway
+            def torn_write(fh: Any, data: Any) -> None:  # the run's own writer, signalled halfway
                 self._count += 1
                 if self._count == n:
-                    write(fh, bytes(data)[: len(data) // 2])
+                    half = len(data) // 2
+                    write(fh, bytes(data)[:half])
                     fh.flush()
-                    _die()
+                    _die()  # SIGKILL ends here; after SIGTERM (a flag) the writer goes on with the rest
+                    write(fh, bytes(data)[half:])
+                    return
                 write(fh, data)
 
             io._write = torn_write  # type: ignore[method-assign]
