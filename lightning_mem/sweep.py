@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -102,6 +103,10 @@ def run_id(params: dict[str, Any], show: list[str] | None = None, prefix: str = 
     return f"{prefix}{_UNSAFE.sub('', '_'.join(parts))[:48] or 'run'}-{digest}"
 
 
+MAX_RUNS = 10_000  # runs of one local sweep: each is a process (and is checked before launch)
+MAX_GRID = 1_000_000  # grid points expanded (then cut to --count / run_cap)
+
+
 def points(
     spec: dict[str, Any], path: Path, count: int | None, seed: int
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -117,6 +122,10 @@ def points(
         raise ValueError(f"{path}: run_cap={cap!r} must be an integer >= 1")
     limits = [n for n in (count, cap) if n is not None]
     parameters = spec.get("parameters") or {}
+    if limits and min(limits) > MAX_RUNS:
+        raise ValueError(f"{path}: {min(limits)} runs asked for (--count / run_cap); the local runner "
+                         f"starts at most {MAX_RUNS:,} (one process each); split the sweep, or run it with "
+                         "`wandb agent`")
     if method == "random":
         if not limits:
             raise ValueError(f"{path}: method 'random' draws without end: give --count N "
@@ -125,6 +134,14 @@ def points(
         const = {k for k, v in parameters.items() if search.distribution(k, v) == "constant"}
         show = [k for k in parameters if k not in const]
         return [(run_id(p, show, prefix=f"{i:03d}_"), p) for i, p in enumerate(combos)]
+    size = search.grid_size(parameters)
+    if size > MAX_GRID:
+        raise ValueError(f"{path}: the grid has {size:,} points; the local runner expands at most "
+                         f"{MAX_GRID:,}; give fewer values, or run it with `wandb agent`")
+    if min([size, *limits]) > MAX_RUNS:
+        raise ValueError(f"{path}: the grid has {size:,} points; the local runner starts at most "
+                         f"{MAX_RUNS:,} runs (one process each); give fewer values, take the first N with "
+                         "--count N, or run it with `wandb agent`")
     combos = search.expand_grid(parameters)[: min(limits, default=None)]
     varying = [k for k in combos[0] if any(c[k] != combos[0][k] for c in combos)]
     return [(run_id(p, show=varying), p) for p in combos]
@@ -599,6 +616,27 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+MAX_PARALLEL = 1024  # processes at once: more than any machine runs (and [slot] * 10**30 cannot be built)
+
+
+def _parallel(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_PARALLEL} processes at once")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A wait in seconds: finite, 0 to a day (nan, inf and negative waits refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 86_400:  # nan fails too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in [0, 86400]")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightning-mem sweep", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -609,7 +647,7 @@ def parser() -> argparse.ArgumentParser:
     loc.add_argument("sweep", type=path_arg, help="W&B sweep YAML (sweeps/*.yaml)")
     loc.add_argument("--gpus", help=gpu_help)
     loc.add_argument("--gpus-per-run", type=_positive, default=1, help=per_run_help)
-    loc.add_argument("--max-parallel", type=_positive, default=None,
+    loc.add_argument("--max-parallel", type=_parallel, default=None,
                      help="runs at once (default: number of GPU slots or 1)")
     loc.add_argument("--count", type=_positive, default=None,
                      help="number of runs: required for method random (unless run_cap), caps a grid")
@@ -619,7 +657,8 @@ def parser() -> argparse.ArgumentParser:
     loc.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     loc.add_argument("--wandb-mode", default="offline", choices=["offline", "disabled", "online"],
                      help="WANDB_MODE of the runs (default: offline; `wandb sync` uploads them later)")
-    loc.add_argument("--kill-timeout", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
+    loc.add_argument("--kill-timeout", type=_seconds, default=15.0,
+                     help="seconds between SIGTERM and SIGKILL")
     loc.add_argument("--pack", action="store_true",
                      help="train runs that differ only in σ, seed, lr, loss scale or label seed (a ScaledMLP "
                      "`lightning-mem fit`) as one ensemble per process; each keeps its own run folder and "
@@ -634,7 +673,8 @@ def parser() -> argparse.ArgumentParser:
     ag.add_argument("--gpus-per-run", type=_positive, default=1, help=per_run_help)
     ag.add_argument("--count", type=_positive, default=None,
                     help="runs per agent (default: until the sweep ends)")
-    ag.add_argument("--stagger", type=float, default=10.0, help="seconds between agent starts (default: 10)")
+    ag.add_argument("--stagger", type=_seconds, default=10.0,
+                    help="seconds between agent starts (default: 10)")
     ag.set_defaults(func=cmd_agents)
     return p
 
