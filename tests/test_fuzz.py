@@ -427,6 +427,65 @@ def test_file_argument(argv: list[str], code: int, parts: list[str], files: dict
     assert after == before, changed
 
 
+# The tools' own numeric options × VALUES: (argv before the option, the values it accepts). Refused values
+# exit 2 naming the option and the value; accepted ones are not run here (they would do real work).
+TOOL_NUMBERS: dict[str, tuple[list[str], set[str]]] = {
+    "report --tail": (["report", "{run}", "--out", "{tmp}/rep"], {"huge_int"}),  # 10**30: every value
+    "dashboard html --tail": (["dashboard", "html", "{run}", "--out", "{tmp}/d.html"], {"huge_int"}),
+    "theorem1 --sigma": (["theorem1", "--out", "{tmp}/th"], {"huge_float", "huge_int"}),
+    "theorem1 --pairs": (["theorem1", "--out", "{tmp}/th"], set()),
+    "theorem1 --samples": (["theorem1", "--out", "{tmp}/th"], set()),
+    "theorem1 --seed": (["theorem1", "--out", "{tmp}/th"], {"zero"}),
+    "sweep local --count": (["sweep", "local", "{tmp}/good_sweep.yaml", "--dry-run"], set()),
+    "sweep local --max-parallel": (["sweep", "local", "{tmp}/good_sweep.yaml", "--dry-run"], set()),
+    "sweep local --pack-size": (["sweep", "local", "{tmp}/good_sweep.yaml", "--pack", "--dry-run"],
+                                {"huge_int"}),  # a cap larger than any group: no cap
+    "sweep local --kill-timeout": (["sweep", "local", "{tmp}/good_sweep.yaml", "--dry-run"], {"zero"}),
+    "sweep local --gpus-per-run": (["sweep", "local", "{tmp}/good_sweep.yaml", "--gpus", "0", "--dry-run"],
+                                   {"huge_int"}),  # then: more GPUs per run than --gpus gives (exit 2)
+    "sweep agents --stagger": (["sweep", "agents", "e/p/s", "--gpus", "0,1"], {"zero"}),
+    "sweep agents --count": (["sweep", "agents", "e/p/s", "--gpus", "0"], {"huge_int"}),
+}
+TOOL_CASES = [(name, label) for name, (_, accepted) in TOOL_NUMBERS.items() for label in VALUES
+              if label not in accepted]
+
+
+@pytest.mark.parametrize(("name", "label"), TOOL_CASES, ids=[f"{n}={v}" for n, v in TOOL_CASES])
+def test_tool_number(name: str, label: str, files: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                     caplog: pytest.LogCaptureFixture) -> None:
+    tmp = files["tmp"]
+    _sweep_file(tmp, "good_sweep")
+    names = {k: str(v) for k, v in files.items()}
+    head, _ = TOOL_NUMBERS[name]
+    option = name.rsplit(" ", 1)[1]
+    before = snapshot(tmp)
+    code, output = run_tool([*(a.format(**names) for a in head), option, VALUES[label]], capsys, caplog)
+    text = message(output)
+    assert code == 2 and "Traceback" not in output, output[-3000:]
+    assert option in text and VALUES[label] in text, text
+    assert snapshot(tmp) == before
+
+
+@pytest.mark.parametrize("grid", ["int_uniform", "product"])
+def test_a_sweep_too_large_to_expand_is_refused_at_once(grid: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """10**12 grid points (one int_uniform axis, or a product of four 1,000-value lists) are counted, not
+    built: exit 2 naming the count, even with --count 3 (the grid is expanded before it is cut)."""
+    values = {"values": list(range(1000))}
+    parameters = ({"seed_everything": {"distribution": "int_uniform", "min": 0, "max": 10**12 - 1}}
+                  if grid == "int_uniform" else {k: values for k in ("a", "b", "c", "d")})
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump({"name": "big", "parameters": parameters,
+                                    "command": ["lightning-mem", *FIT, "--config", "${args_json_file}"]}))
+    code, output = run_tool(["sweep", "local", str(path), "--root", str(tmp_path / "r"), "--count", "3"],
+                            capsys, caplog)
+    assert code == 2 and "Traceback" not in output, output[-3000:]
+    assert f"{path}: the grid has 1,000,000,000,000 points; the local runner expands at most 1,000,000" \
+        in message(output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.yaml"]
+
+
 @pytest.mark.parametrize("kind", list(MANIFESTS))
 def test_damaged_sweep_manifest_stops_the_sweep(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 caplog: pytest.LogCaptureFixture) -> None:
@@ -466,5 +525,5 @@ def test_a_torn_last_checkpoint_names_the_epoch_checkpoint_that_loads(
 def test_table_sizes() -> None:
     """The counts the README quotes (a change here is a change there)."""
     sizes = (len(NUMERIC_CASES), len(CALLBACK_CASES), len(ENSEMBLE_CASES), len(LISTS), len(FILE_CASES),
-             len(MANIFESTS))
-    assert sizes == (216, 24, 35, 4, 66, 5)
+             len(MANIFESTS), len(TOOL_CASES))
+    assert sizes == (216, 24, 35, 4, 66, 5, 94)
