@@ -260,6 +260,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     put("sweep_list.yaml", "- name\n")
     put("sweep_truncated.yaml", "name: s\nparameters:\n  model.lr: {values: [0.1, 0.")
     put("sweep_binary.yaml", bytes(range(128, 256)))
+    command = ["lightning-mem", *FIT, "--config", "${args_json_file}"]
+    put("sweep_badkey.yaml", yaml.safe_dump({"name": "bk", "parameters": {"model.lrr": {"values": [0.1]}},
+                                             "command": command}))
     put("pack_empty/pack.json", "")
     put("pack_list/pack.json", "[1, 2]\n")
     put("pack_shape/pack.json", '{"members": [{"run_id": "a"}]}\n')
@@ -397,6 +400,8 @@ FILE_CASES: list[tuple[str, list[str], int, list[str]]] = [
                                            "{truncated_ckpt}"], 2, ["--ckpt_path {truncated_ckpt}"]),
     ("ensemble-ckpt-missing", [*("ensemble", *FIT), "--ensemble.seed", "0,1", "--ckpt_path",
                                "{tmp}/nope.ckpt"], 2, ["{tmp}/nope.ckpt"]),
+    ("sweep-parameter-not-a-cli-key", ["sweep", "local", "{sweep_badkey_yaml}", "--root", "{tmp}/sw"], 2,
+     ["{sweep_badkey_yaml}", "model.lrr", "no run was started"]),
     ("sweep-root-is-a-file", ["sweep", "local", "{tmp}/good_sweep.yaml", "--root", "{a_file_txt}"], 2,
      ["--root {a_file_txt}"]),
 ]
@@ -526,4 +531,4 @@ def test_table_sizes() -> None:
     """The counts the README quotes (a change here is a change there)."""
     sizes = (len(NUMERIC_CASES), len(CALLBACK_CASES), len(ENSEMBLE_CASES), len(LISTS), len(FILE_CASES),
              len(MANIFESTS), len(TOOL_CASES))
-    assert sizes == (216, 24, 35, 4, 66, 5, 94)
+    assert sizes == (216, 24, 35, 4, 67, 5, 94)
