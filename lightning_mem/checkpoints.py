@@ -22,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import pickle
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -55,7 +53,7 @@ def load_checkpoint(path: Path, key: str = "ckpt_path") -> dict[str, Any]:
         raise CheckpointError(f"{key}={str(path)!r}: no such checkpoint file; {fix}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    except Exception as err:  # garbage bytes make the unpickler raise nearly anything (IndexError, ...)
         text = str(err).strip()
         if not text or "Weights only load failed" in text:  # torch's advice to unpickle anything: not ours
             reason = type(err).__name__
