@@ -14,12 +14,15 @@ Exit codes: 0 finished; 1 unexpected error; 2 bad config or input (before traini
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import re
 import secrets
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +35,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_mem import rundir
+from lightning_mem import argchecks, rundir
 from lightning_mem.checkpoints import (
     CheckpointError,
+    CheckpointPublisher,
     config_differences,
     default_overrides,
+    install_checkpoint_io,
     load_checkpoint,
+    newest_loadable_checkpoint,
     state_differences,
 )
 from lightning_mem.data import DATASETS, ImageClassificationData
@@ -56,6 +62,23 @@ INTERPOLATION_HELP = (
     "config file as ${model.lr} and on the command line with the subcommand, e.g. "
     "--model.loss_scale '${fit.model.lr}'"
 )
+
+
+# Errors of building the configured classes that a config causes (not bugs): exit 2 with their message.
+CONFIG_ERRORS = (ValueError, TypeError, OverflowError, ZeroDivisionError, FileNotFoundError, MemoryError,
+                 MisconfigurationException)
+
+
+def _error_text(err: BaseException) -> str:
+    """An exception as one message: allocation failures say how much was asked for."""
+    text = str(err).strip() or type(err).__name__
+    asked = re.search(r"tried to allocate (\d+) bytes", text)
+    if asked:
+        return (f"out of memory: {argchecks.format_bytes(int(asked.group(1)))} asked for at once ("
+                f"{text.splitlines()[0][:200]}); lower --model.net.width or --data.batch_size")
+    if isinstance(err, (TypeError, OverflowError, ZeroDivisionError)):
+        return f"{type(err).__name__}: {text}"
+    return text
 
 
 def new_run_id() -> str:
@@ -124,6 +147,8 @@ class MemCLI(LightningCLI):
         self.run_dir: Path | None = None
         self.checkpoint: dict[str, Any] | None = None  # the --ckpt_path checkpoint, loaded and checked
         self.resume_ckpt: Path | None = None  # set when a fit resumes into its own run folder
+        self.start_over = False  # `--ckpt_path last` of a run stopped before its first checkpoint
+        self._argv: list[str] = []
         self.run_lock: rundir.FolderLock | None = None
         self._started = False
         self._held = contextlib.ExitStack()  # the run folder's lock and the precision settings
@@ -135,10 +160,27 @@ class MemCLI(LightningCLI):
         except SIGTERMException:
             log.error("Stopped by SIGTERM; resume with `lightning-mem fit ... --ckpt_path last`")
             raise
+        except BaseException as err:
+            if not self._is_usage_error(err):
+                raise
+            sys.stderr.write(f"error: {_error_text(err)}\n")
+            raise SystemExit(2) from None
         finally:
             self._held.close()
             if self._started and self.subcommand == "fit" and self.run_dir and _global_rank() == 0:
                 log.info("fit %s", rundir.summary_line(self.run_dir))
+
+    def _is_usage_error(self, err: BaseException) -> bool:
+        """An error a config or the machine's size caused, raised by the fit before its first training batch
+        (Lightning checks some trainer options only there), or running out of memory at any point."""
+        import torch
+
+        if isinstance(err, torch.OutOfMemoryError) or (isinstance(err, (RuntimeError, MemoryError))
+                                                       and "allocate" in str(err)):
+            return True
+        trainer = getattr(self, "trainer", None)
+        status = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, RunStatus)), None)
+        return isinstance(err, CONFIG_ERRORS) and status is not None and status.batches_started == 0
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -179,7 +221,15 @@ class MemCLI(LightningCLI):
         data config become the defaults (``--ckpt_path`` alone rebuilds the network); a config whose model
         differs from the checkpoint's is refused, naming what differs."""
         argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, (dict, Namespace)) else []
+        self._argv = argv
+        try:
+            argchecks.check_config_files(argv)
+        except ValueError as err:
+            parser.error(str(err))
         sub, ckpt = _scan(argv)
+        if ckpt is not None and not ckpt.strip():
+            parser.error(f"--ckpt_path {ckpt!r}: an empty path; give a .ckpt file written by `lightning-mem "
+                         "fit`, or `last` to resume the newest run of this run.name")
         if sub is not None and ckpt not in (None, "last"):
             try:
                 self.checkpoint = load_checkpoint(Path(str(ckpt)))
@@ -195,8 +245,32 @@ class MemCLI(LightningCLI):
         except OmegaConfBaseException as err:
             parser.error(f"{type(err).__name__}: {str(err).splitlines()[0]}; {INTERPOLATION_HELP}")
         parsed = self.config.get("subcommand")
+        config = self.config[parsed] if parsed is not None else self.config
+        problems = argchecks.check_values(config.as_dict())
+        if problems:
+            parser.error("; ".join(problems))
         if self.checkpoint is not None and parsed is not None:
             self._check_model_config(self.config[parsed], str(ckpt))
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's parser (one per subcommand too), whose messages add what jsonargparse's leave out: the
+        config file that holds a refused key, and that nan/inf are refused where a finite number is wanted."""
+        parser = super().init_parser(**kwargs)
+        original = parser.error
+
+        def error(message: str, *args: Any, **kwargs: Any) -> Any:
+            argv = self._argv
+            refused = re.search(r"does not accept option '([^']+)'", message)
+            if refused:
+                files = argchecks.problem_files(argv, refused.group(1))
+                where = f" (set in {', '.join(files)})" if files else ""
+                message += f"{where}; `lightning-mem {_scan(argv)[0] or 'fit'} --help` lists the options"
+            if re.search(r"Got value: [-+]?(nan|inf)\b", message, re.IGNORECASE):
+                message += "\n  nan and inf are refused: give a finite number"
+            return original(message, *args, **kwargs)
+
+        parser.error = error  # type: ignore[method-assign]
+        return parser
 
     def _check_model_config(self, config: Namespace, ckpt: str) -> None:
         assert self.checkpoint is not None
@@ -218,6 +292,10 @@ class MemCLI(LightningCLI):
                 rundir.check_writable(run_dir, f"the run folder {run_dir} (run.root={config.run.root!r}, "
                                       f"run.name={config.run.name!r}, run.id={config.run.id!r})")
                 self._check_precision(config)
+            net = config.model.get("net") if config.get("model") else None
+            too_big = argchecks.model_size_error(net.as_dict()) if isinstance(net, Namespace) else None
+            if too_big:
+                raise ValueError(too_big)
         except (ValueError, CheckpointError) as err:
             self.parser.error(str(err))
         resume = None
@@ -254,12 +332,40 @@ class MemCLI(LightningCLI):
         os.environ[RUN_ID_ENV] = run.id
         if self.subcommand == "fit" and ckpt:
             path = rundir.last_checkpoint(run_dir) if ckpt == "last" else Path(ckpt)
+            if ckpt == "last" and not path.exists() and self._can_start_over(run_dir, config):
+                return run_dir
             if self.checkpoint is None:  # "last": found only now
-                self.checkpoint = load_checkpoint(path)
+                self.checkpoint = self._load_last(path) if ckpt == "last" else load_checkpoint(path)
                 self._check_model_config(config, str(path))
             if path.resolve().parent == (run_dir / rundir.CHECKPOINTS).resolve():
                 self.resume_ckpt = path
         return run_dir
+
+    def _can_start_over(self, run_dir: Path, config: Namespace) -> bool:
+        """``--ckpt_path last`` for a run that was stopped before its first checkpoint: start it over in its
+        own folder (True). A finished run, or a folder without a run, is refused by the caller's load."""
+        record = rundir.read_status(run_dir)
+        status = rundir.effective_status(run_dir, record) if record else None
+        if not run_dir.is_dir() or status in ("finished", "diverged"):
+            return False
+        log.info("run.id=%r has no checkpoint yet (%s before its first epoch ended): starting it over in %s",
+                 config.run.id, status or "stopped", run_dir)
+        config.ckpt_path = None
+        self.start_over = True
+        return True
+
+    @staticmethod
+    def _load_last(path: Path) -> dict[str, Any]:
+        """``last.ckpt``; if it does not load (torn by a writer of another version), the message names the
+        newest epoch checkpoint of the run that does."""
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as err:
+            fallback = newest_loadable_checkpoint(path.parent)
+            if fallback is None:
+                raise
+            raise CheckpointError(f"{err}; the newest epoch checkpoint of this run that loads is {fallback}: "
+                                  f"resume from it with --ckpt_path {fallback}") from err
 
     @staticmethod
     def _check_precision(config: Namespace) -> None:
@@ -289,7 +395,7 @@ class MemCLI(LightningCLI):
 
         def refuse_if_taken() -> None:
             taken = rundir.holds_run(self.run_dir)  # type: ignore[arg-type]
-            if taken and self.resume_ckpt is None:
+            if taken and self.resume_ckpt is None and not self.start_over:
                 self.parser.error(
                     f"run.id={config.run.id!r}: {self.run_dir} already holds a run ({', '.join(taken)}); "
                     "resume it with `fit --ckpt_path last` (or a checkpoint path under its checkpoints/), or "
@@ -306,15 +412,27 @@ class MemCLI(LightningCLI):
         except rundir.LockedError as err:
             self.parser.error(str(err))
         refuse_if_taken()  # again under the lock: another process may have claimed it meanwhile
+        if self.start_over:  # rows of an earlier attempt set aside by a killed resume: not this run's now
+            (self.run_dir / rundir.METRICS_RESUME).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ instantiation
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, FileNotFoundError, MisconfigurationException) as err:
+        except CONFIG_ERRORS as err:
             # Bad values found by the classes' (and the Trainer's) own checks: a message, not a traceback.
-            self.parser.error(str(err))
+            self.parser.error(self._with_trainer_value(_error_text(err)))
+
+    def _with_trainer_value(self, text: str) -> str:
+        """Lightning's messages name a Trainer option in backticks (`devices`) but not always its value:
+        prefix ``trainer.<option>=<value>: `` when the option is one and its value is not in the text."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer")
+        for name in re.findall(r"`(?:Trainer\()?(\w+)", text):
+            if isinstance(trainer, Namespace) and name in trainer and str(trainer[name]) not in text:
+                return f"trainer.{name}={trainer[name]!r}: {text}"
+        return text
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured Trainer plus our default callbacks (unless configured explicitly): a
@@ -328,6 +446,8 @@ class MemCLI(LightningCLI):
             callbacks.append(DivergenceGuard())
         if not any(isinstance(c, RunStatus) for c in callbacks):
             callbacks.append(RunStatus(dirpath=str(self.run_dir)))
+        if not any(isinstance(c, CheckpointPublisher) for c in callbacks):
+            callbacks.append(CheckpointPublisher())
         if trainer_config.get("enable_checkpointing") is not False and not any(
             isinstance(c, ModelCheckpoint) for c in callbacks
         ):
@@ -335,7 +455,9 @@ class MemCLI(LightningCLI):
                 ModelCheckpoint(dirpath=Path(str(self.run_dir), rundir.CHECKPOINTS), filename="epoch{epoch}",
                                 auto_insert_metric_name=False, save_last=True, every_n_epochs=1)
             )
-        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+        trainer = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+        install_checkpoint_io(trainer)  # whole checkpoint files only (see lightning_mem.checkpoints)
+        return trainer
 
     # ------------------------------------------------------------------ before each subcommand
 
@@ -345,8 +467,10 @@ class MemCLI(LightningCLI):
         try:
             self.datamodule.prepare_data()
             self.datamodule.setup(stage)
-        except (ValueError, FileNotFoundError, RuntimeError) as err:
-            self.parser.error(str(err))
+        except (*CONFIG_ERRORS, RuntimeError) as err:
+            self.parser.error(_error_text(err))
+        if stage == "fit":
+            self._check_val_interval()
         check_trainer = getattr(self.model, "check_trainer", None)  # MemorizationModule(steps_per_call > 1)
         if stage == "fit" and callable(check_trainer):
             try:
@@ -360,6 +484,23 @@ class MemCLI(LightningCLI):
                                   f"{'; '.join(differences[:3])}")
         self._claim_run_dir()
         self._started = True
+
+    def _check_val_interval(self) -> None:
+        """An integer ``val_check_interval`` beyond the epoch's batches: Lightning refuses it only inside the
+        fit, after the run folder is written."""
+        trainer, data = self.trainer, self.datamodule
+        interval = trainer.val_check_interval
+        if not isinstance(interval, int) or trainer.check_val_every_n_epoch is None \
+                or not hasattr(data, "train_x") or not isinstance(getattr(data, "batch_size", None), int):
+            return
+        n = argchecks.batches_per_epoch(len(data.train_x), data.batch_size, trainer.world_size,
+                                        trainer.limit_train_batches)
+        if interval > n:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            given = config.trainer.val_check_interval
+            self.parser.error(f"trainer.val_check_interval={given} is more than the {n} training batches "
+                              "of an epoch; give at most that, a fraction of an epoch such as 0.5, or "
+                              "--trainer.check_val_every_n_epoch null to validate every so many batches")
 
     def before_fit(self) -> None:
         self._before_run("fit")
@@ -393,6 +534,58 @@ def build_cli(
     )
 
 
+class _Parsed(Exception):
+    """Raised by :class:`_ParseOnlyCLI` once the command line has parsed and passed the checks."""
+
+
+class _ParseOnlyCLI(MemCLI):
+    """The CLI up to its checks of the parsed config (values, the net's size): nothing is built or written."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        parsed = self.config.get("subcommand")
+        config = self.config[parsed] if parsed else self.config
+        net = config.model.get("net") if config.get("model") else None
+        too_big = argchecks.model_size_error(net.as_dict()) if isinstance(net, Namespace) else None
+        if too_big:
+            self.parser.error(too_big)
+        # The classes' own checks: model (its net on the meta device: no memory), data (no data read) and
+        # callbacks; loggers are left out (some create folders when built), the Trainer is not built.
+        import torch
+
+        trial = self.config.clone()
+        (trial[parsed] if parsed else trial).trainer.logger = None
+        try:
+            with torch.device("meta"):
+                self.parser.instantiate_classes(trial)
+        except CONFIG_ERRORS as err:
+            self.parser.error(_error_text(err))
+        raise _Parsed
+
+
+def check_args(argv: Sequence[str]) -> str | None:
+    """Whether ``argv`` (``["fit", "--config", ...]``) is a command line the CLI accepts: None if so, else the
+    error message it would print (a key it does not know, a value of the wrong type or out of range, a
+    config file that is not a mapping, a net too large for this machine).
+
+    Only parses: nothing is instantiated, no data is read, nothing is written. Values that only a class's
+    own ``__init__`` or the data refuse (an unknown dataset folder, a batch larger than the split) are not
+    seen here; the run itself reports them (exit 2). Used by ``lightning-mem sweep local`` before launch.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            build_cli(list(argv), cli_class=_ParseOnlyCLI)
+        except _Parsed:
+            return None
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                return None
+    text = err.getvalue()
+    at = text.rfind("error:")
+    return (text[at + len("error:"):] if at >= 0 else text).strip() or "the command line does not parse"
+
+
 def _log_to_stderr() -> None:
     """Our INFO lines (the fit summary) on stderr when nothing else configured logging."""
     ours = logging.getLogger("lightning_mem")
@@ -403,12 +596,36 @@ def _log_to_stderr() -> None:
         ours.setLevel(logging.INFO)
 
 
+def _sigterm_before_lightning(signum: int, frame: Any) -> None:
+    """SIGTERM while Lightning's own handler is not installed (parsing, building, setup and ``on_fit_start``
+    hooks, after the fit): stop here as Lightning would, with :class:`SIGTERMException` (exit 143, status
+    ``interrupted``). Once Lightning installs its handler it calls this one too, which then leaves the stop to
+    Lightning's flag (checked after the current batch)."""
+    if signal.getsignal(signal.SIGTERM) is _sigterm_before_lightning:
+        raise SIGTERMException()
+
+
+@contextlib.contextmanager
+def _sigterm_handled() -> Iterator[None]:
+    """:func:`_sigterm_before_lightning` for the length of a command (main thread only), then the old one."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _sigterm_before_lightning)
+    except ValueError:  # not the main thread (a notebook's worker): Python's default stays
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: Sequence[str] | None) -> None:
-    """``lightning-mem fit|validate|test ...``; exits 3 when diverged, 143 on SIGTERM."""
+    """``lightning-mem fit|validate|test ...``; exits 3 when diverged, 143 on SIGTERM (at any moment)."""
     _log_to_stderr()
     own_id = RUN_ID_ENV not in os.environ  # exported for DDP children during this call only
     try:
-        build_cli(None if args is None else list(args))
+        with _sigterm_handled():
+            build_cli(None if args is None else list(args))
     except DivergedError:  # logged with the run's summary line
         raise SystemExit(EXIT_DIVERGED) from None
     except SIGTERMException:

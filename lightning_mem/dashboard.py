@@ -5,7 +5,7 @@ HTML file: plotly.js is inlined from the installed ``plotly`` package and the ru
 JSON, so the file opens from disk with no network and can be mailed. Grouping, filters, statuses and
 axis scales are applied in the browser (``dashboard.html``), over this data:
 
-- per run: its status (finished, diverged, failed, interrupted, running), the values of the keys that
+- per run: its status (finished, diverged, failed, interrupted, killed, running), the values of the keys that
   vary across runs (canonical ``hp.<key>`` first, see :mod:`lightning_mem.runsets`), its final numbers
   (:func:`runsets.run_numbers`, the same as ``report``), and per-epoch curves: ``train/acc``,
   ``val/acc``, ``align/grad/<W1>``, ``align/grad/logits``, ``align/rep/<layer>``,
@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from lightning_mem import rundir
+from lightning_mem.checks import path_arg
 from lightning_mem.rundir import RunDirError
 from lightning_mem.runlog import Run, load_runs
 from lightning_mem.runsets import COLUMNS, Keys, Layout, run_numbers, short, varied_keys
@@ -139,15 +141,35 @@ def render_html(data: dict[str, Any]) -> str:
     return head + plotly_js() + middle + text + end
 
 
+MARKER = b"lightning-mem dashboard: written by"  # in the first lines of every page this module writes
+
+
+def check_out(out: Path) -> None:
+    """``--out`` must name a new file or an earlier dashboard (which is replaced); ValueError otherwise."""
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a directory; give a file name, e.g. {out / 'dashboard.html'}")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+    if out.exists():
+        with out.open("rb") as fh:
+            head = fh.read(512)
+        if MARKER not in head:
+            raise ValueError(f"--out {out}: is an existing file that is not a lightning-mem dashboard; "
+                             "give a new file name (an earlier dashboard is replaced)")
+
+
 def write_html(inputs: Sequence[str | Path], out: Path, group_by: Sequence[str] | None = None,
                title: str | None = None, tail: int = 5) -> dict[str, Any]:
-    """Load every run under ``inputs`` (all statuses) and write the dashboard to ``out``."""
+    """Load every run under ``inputs`` (all statuses) and write the dashboard to ``out`` (atomically)."""
+    check_out(out)
+    if tail < 1:
+        raise ValueError(f"--tail {tail}: must be an integer >= 1 (the last N values averaged)")
     runs = load_runs(inputs, statuses=None)
     if not runs:
         raise ValueError(f"no runs (folders with a metrics.csv) under {', '.join(map(str, inputs))}")
     data = payload(runs, group_by, title or f"lightning-mem: {len(runs)} runs", tail)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(data), encoding="utf-8")
+    rundir.atomic_write_text(out, render_html(data))
     return data
 
 
@@ -159,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "workspace built from code.")
     sub = parser.add_subparsers(dest="kind", required=True)
     html = sub.add_parser("html", help="One self-contained interactive HTML file (plotly, no network).")
-    html.add_argument("inputs", nargs="+", help="Run folders, folders of runs, or manifest.json files.")
-    html.add_argument("--out", type=Path, required=True, help="The HTML file to write.")
+    html.add_argument("inputs", nargs="+", type=path_arg,
+                      help="Run folders, folders of runs, or manifest.json files.")
+    html.add_argument("--out", type=path_arg, required=True, help="The HTML file to write.")
     html.add_argument("--group-by", nargs="+", default=None, metavar="KEY",
                       help="Initial grouping (default: the keys that differ across runs, except the "
                       "seed); canonical names (init_std, activation, ...) or config keys. The page can "
@@ -179,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     group_by = [k for item in args.group_by or [] for k in item.split(",") if k] or None
     try:
         data = write_html(args.inputs, args.out, group_by, args.title, args.tail)
-    except (FileNotFoundError, RunDirError, ValueError) as err:
+    except (OSError, RunDirError, ValueError) as err:
         parser.error(str(err))
     size = args.out.stat().st_size
     sys.stdout.write(f"{args.out}: {len(data['runs'])} runs, {size / 1e6:.1f} MB\n")

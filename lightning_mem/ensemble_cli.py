@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_mem import rundir
+from lightning_mem.checks import path_arg
 from lightning_mem.ensemble_plan import PACK_JSON, read_pack
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ def parser() -> argparse.ArgumentParser:
                      "<id>_<k>_<values>")
     fit.add_argument("--ckpt_path", help="`last` (the newest ensemble of this run.name, or --run.id's) or a "
                      "checkpoint under <ensemble folder>/checkpoints/: continue it")
-    fit.add_argument("--pack", metavar="DIR", help="train the members listed in DIR/pack.json (what "
-                     "`lightning-mem sweep local --pack` writes); no other fit option")
+    fit.add_argument("--pack", metavar="DIR", type=path_arg,
+                     help="train the members listed in DIR/pack.json (what `lightning-mem sweep local "
+                     "--pack` writes); no other fit option")
     return p
 
 

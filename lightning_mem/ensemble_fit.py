@@ -29,7 +29,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from lightning_mem import rundir
+from lightning_mem import argchecks, rundir
 from lightning_mem.checkpoints import load_checkpoint
 from lightning_mem.ensemble_data import EnsembleData
 from lightning_mem.ensemble_members import Member, PackError, PackSettings, pack_settings, parse_member
@@ -179,7 +179,12 @@ def prepare_pack(pack_dir: Path, entries: Sequence[dict[str, Any]], ckpt: Path |
     """Parse, check and build the ensemble of ``entries`` (``{"run_id", "argv"}`` each), then claim its
     folders; ``ValueError`` (exit 2) on bad input, with nothing written. ``write_members``: write
     ``pack.json`` (the direct form; the sweep runner writes its own)."""
-    members = [parse_member(e["run_id"], e["argv"]) for e in entries]
+    members = [parse_member(e["run_id"], e["argv"]) for e in entries[:1]]
+    if members:  # K stacked nets too large: refused before the K-1 others are parsed (each builds a net)
+        too_big = argchecks.model_size_error(members[0].config.model.net.as_dict(), members=len(entries))
+        if too_big:
+            raise PackError(too_big)
+    members += [parse_member(e["run_id"], e["argv"]) for e in entries[1:]]
     settings = pack_settings(members)
     specs = [m.spec for m in members]
     resume, alive = (None, [True] * len(members)) if ckpt is None else _resume_state(ckpt, members)

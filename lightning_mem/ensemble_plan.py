@@ -161,6 +161,9 @@ def read_pack(pack_dir: Path) -> list[dict[str, Any]]:
     not one."""
     path = pack_dir / PACK_JSON
     fix = "it is written by `lightning-mem sweep local --pack` or `lightning-mem ensemble fit`"
+    if pack_dir.is_file():
+        raise rundir.RunDirError(f"--pack {pack_dir} is a file; give the folder that holds its {PACK_JSON} "
+                                 f"({pack_dir.parent if pack_dir.name == PACK_JSON else '<pack folder>'})")
     if not path.is_file():
         raise rundir.RunDirError(f"{path}: no such file; {fix}")
     data = rundir.read_json(path, "pack file", fix)

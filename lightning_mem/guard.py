@@ -226,6 +226,7 @@ class RunStatus(L.Callback):
     def __init__(self, dirpath: str | None = None) -> None:
         super().__init__()
         self.dirpath = dirpath
+        self.batches_started = 0  # training batches begun by this process (0: the fit failed in its setup)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None and trainer.log_dir is not None:
@@ -242,6 +243,9 @@ class RunStatus(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for logger in trainer.loggers:
             logger.save()
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self.batches_started += 1
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, "finished")

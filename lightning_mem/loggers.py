@@ -19,6 +19,7 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_mem import rundir
@@ -44,6 +45,22 @@ SUMMARIES = (
 )
 
 
+class RunMetricsWriter(ExperimentWriter):
+    """Lightning's CSV writer, with the rewrite it does when a new key appears made atomic.
+
+    Lightning rewrites the whole ``metrics.csv`` in place (truncate, then write) when a row brings a key
+    the header lacks; a kill in that moment would lose every earlier row. Here the new file is written
+    beside it and renamed over it (:func:`lightning_mem.rundir.write_metrics_rows`): a reader, or a
+    resume, sees the old file or the new one. Appends stay appends; a row torn by a kill is an
+    unterminated last line, which every reader leaves out (:func:`lightning_mem.rundir.read_metrics_rows`).
+    """
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        path = Path(self.metrics_file_path)
+        _, rows = rundir.read_metrics_rows(path)
+        rundir.write_metrics_rows(path, fieldnames, rows)
+
+
 class RunCSVLogger(CSVLogger):
     """Lightning's ``CSVLogger`` that, when a fit resumes, continues the run's ``metrics.csv``.
 
@@ -51,6 +68,7 @@ class RunCSVLogger(CSVLogger):
     file is first set aside (:func:`lightning_mem.rundir.set_metrics_aside`), the writer opened, the
     rows logged before the checkpoint written back (:func:`~lightning_mem.rundir.restore_metrics`) and
     the writer continues that header: the finished file is byte-identical to an uninterrupted run's.
+    The writer is a :class:`RunMetricsWriter` (header rewrites are atomic).
 
     Args:
         save_dir, name, version, prefix, flush_logs_every_n_steps: As ``CSVLogger``.
@@ -71,21 +89,22 @@ class RunCSVLogger(CSVLogger):
         super().__init__(save_dir, name=name, version=version, prefix=prefix,
                          flush_logs_every_n_steps=flush_logs_every_n_steps)
         self.resume = None if resume_step is None else (int(resume_step), int(resume_epoch or 0))
-        self._carried_over = False
 
     @property
     def experiment(self) -> Any:
-        with warnings.catch_warnings():
-            # The run folder is ours and not empty (its lock, config.yaml); no metrics.csv is deleted here.
-            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-            if self.resume is not None and not self._carried_over and getattr(rank_zero_only, "rank", 0) == 0:
-                self._carried_over = True
-                run_dir = Path(self.log_dir)
-                rundir.set_metrics_aside(run_dir)
-                writer = super().experiment  # opens the folder; there is no metrics.csv to delete now
-                writer.metrics_keys = rundir.restore_metrics(run_dir, *self.resume)
-                return writer
-            return super().experiment
+        if self._experiment is None and getattr(rank_zero_only, "rank", 0) == 0:
+            run_dir = Path(self.log_dir)
+            if self.resume is not None:
+                rundir.set_metrics_aside(run_dir)  # the writer deletes a metrics.csv it finds: none now
+            with warnings.catch_warnings():
+                # The run folder is ours and not empty (its lock, config.yaml). A metrics.csv found here
+                # belongs to this run's earlier attempt, which is started over (a resume set it aside).
+                warnings.filterwarnings("ignore", message="Experiment logs directory .* is not empty")
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = RunMetricsWriter(log_dir=self.log_dir)
+            if self.resume is not None:
+                self._experiment.metrics_keys = rundir.restore_metrics(run_dir, *self.resume)
+        return super().experiment
 
 
 class RunWandbLogger(WandbLogger):

@@ -33,6 +33,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_mem.checks import path_arg
 from lightning_mem.figures import plot_acc_vs_alignment, plot_alignment_curves, plot_curves, plot_vs_sigma
 from lightning_mem.rundir import MANIFEST, read_manifest
 from lightning_mem.runlog import (
@@ -153,8 +154,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="lightning-mem report",
         description="Figures (PNG) and a Markdown table from finished runs or sweep manifests.",
     )
-    parser.add_argument("inputs", nargs="+", help="Run folders, folders of runs, or manifest.json files.")
-    parser.add_argument("--out", type=Path, required=True,
+    parser.add_argument("inputs", nargs="+", type=path_arg,
+                        help="Run folders, folders of runs, or manifest.json files.")
+    parser.add_argument("--out", type=path_arg, required=True,
                         help="Folder for the figures, summary.md and runs.csv (created if missing).")
     parser.add_argument("--group-by", nargs="+", default=None, metavar="KEY",
                         help="Config keys that define a group (default: the swept keys except the seed); "

@@ -11,7 +11,8 @@ writes the rows of ``metrics.csv`` itself). It imports neither torch nor Lightni
         config.yaml                the full nested config (LightningCLI)
         hp.json                    the canonical hyperparameters (:data:`HP_KEYS`), flat
         hparams.yaml               the module's hyperparameters (CSV logger)
-        status.json                running | finished | diverged | interrupted | failed
+        status.json                running | finished | diverged | interrupted | failed (as written;
+                                   readers use effective_status: a dead "running" run is "killed")
         checkpoints/               epoch<k>.ckpt and last.ckpt
         .lock                      held (flock) by the process that owns the run
         output.log, args.json      written by the local sweep runner
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import math
@@ -35,7 +37,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -54,7 +56,9 @@ LOCK = ".lock"
 OUTPUT_LOG = "output.log"
 ARGS_JSON = "args.json"
 
-STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
+STATUSES = ("running", "finished", "diverged", "interrupted", "failed")  # what status.json holds
+KILLED = "killed"  # a "running" record whose process is gone (SIGKILL, OOM killer): see effective_status
+EFFECTIVE_STATUSES = (*STATUSES, KILLED)
 # One folder name: no separator, not "." or "..", no leading dot or dash (hidden files, options).
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+-]{0,127}")
 
@@ -81,7 +85,11 @@ def check_name(key: str, value: str) -> str:
 
 
 def run_path(root: str | Path, name: str, run_id: str) -> Path:
-    """``<root>/<name>/<run_id>``, after checking that both parts are single safe folder names."""
+    """``<root>/<name>/<run_id>``, after checking that both parts are single safe folder names and that the
+    root is not an empty string (an unset shell variable, which would put the runs in the current folder)."""
+    if not str(root).strip():
+        raise RunDirError(f"run.root={str(root)!r} is empty; give a folder for the runs (default: runs; "
+                          "'.' for the current folder)")
     return Path(root) / check_name("run.name", name) / check_name("run.id", run_id)
 
 
@@ -129,12 +137,44 @@ def check_writable(run_dir: Path, where: str) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """``text`` to a temporary file in the same folder, fsync, then ``os.replace``: a reader sees the old
     file or the new one, never half of one, whatever kills the writer."""
+    atomic_write_bytes(path, text.encode())
+
+
+def file_mode() -> int:
+    """The permissions ``open`` gives a new file here: 0o666 less the process umask."""
+    return 0o666 & ~_umask()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames into ``folder`` durable (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _umask() -> int:
+    """The process umask, read from /proc where it can be (os.umask sets it too: racy with threads)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """:func:`atomic_write_text` for bytes. The file gets the permissions a plain ``open`` would give
+    (0666 less the umask; ``mkstemp`` alone would make it 0600, unreadable to a shared group)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), file_mode())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -191,6 +231,23 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
     return record
 
 
+def effective_status(run_dir: Path, record: Mapping[str, Any] | None = None) -> str | None:
+    """How a run stands now: its ``status.json`` status, except that ``running`` holds only while a process
+    holds the run folder's lock; a ``running`` record whose folder is free is :data:`KILLED` (the process
+    died without writing its end: SIGKILL, the OOM killer, a lost node). None without a record.
+
+    ``record`` is the already read ``status.json`` (read here when None). The lock is read-only checked
+    (:func:`lock_holder`); the kernel drops an flock when its holder dies, so no pid is guessed.
+    """
+    record = read_status(run_dir) if record is None else record
+    if record is None:
+        return None
+    status = str(record.get("status"))
+    if status == "running" and lock_holder(run_dir) is None:
+        return KILLED
+    return status
+
+
 # ---------------------------------------------------------------------------- metrics.csv
 
 
@@ -236,7 +293,8 @@ def read_metrics(path: Path) -> MetricsTable:
 
     Schema: a header row; a ``step`` column of integers in every row; an optional ``epoch`` column;
     every other cell empty or a number (``nan``/``inf`` allowed). A missing or empty file is an empty
-    table; anything else raises :class:`RunDirError` naming the file.
+    table; anything else raises :class:`RunDirError` naming the file. A last line without its line end
+    is a row still being written (or torn by a kill) and is left out.
     """
     import pandas as pd  # lazy: ~0.3 s, and `sweep --help` does not need it
 
@@ -244,10 +302,19 @@ def read_metrics(path: Path) -> MetricsTable:
     empty = pd.DataFrame({"step": pd.Series(dtype="int64"), "epoch": pd.Series(dtype="float64")})
     if not path.is_file() or path.stat().st_size == 0:
         return MetricsTable(path, empty, empty.astype(bool))
-    text = path.read_bytes().lower()
+    fix = "it is written by Lightning's CSV logger; move the file away or delete the run folder"
+    whole = path.read_bytes()
+    try:
+        whole.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RunDirError(f"{path}: not a metrics.csv (UnicodeDecodeError: {err}); {fix}") from err
+    data = _complete_lines(whole)
+    if not data:  # a header still being written
+        return MetricsTable(path, empty, empty.astype(bool))
+    text = data.lower()
     if b"nan" not in text and b"inf" not in text:  # fast path: no logged NaN/inf, so NaN = a blank cell
         with contextlib.suppress(UnicodeDecodeError, pd.errors.ParserError, ValueError):
-            values = pd.read_csv(path, dtype="float64", keep_default_na=False, na_values=[""],
+            values = pd.read_csv(io.BytesIO(data), dtype="float64", keep_default_na=False, na_values=[""],
                                  encoding="utf-8")
             if "step" in values.columns and values["step"].notna().all() and (values["step"] % 1 == 0).all():
                 logged = values.notna()
@@ -255,9 +322,9 @@ def read_metrics(path: Path) -> MetricsTable:
                 if "epoch" not in values.columns:
                     values["epoch"], logged["epoch"] = math.nan, False
                 return MetricsTable(path, values, logged)
-    fix = "it is written by Lightning's CSV logger; move the file away or delete the run folder"
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
+        raw = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_filter=False,
+                          encoding="utf-8")
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as err:
         raise RunDirError(f"{path}: not a metrics.csv ({type(err).__name__}: {err}); {fix}") from err
     if "step" not in raw.columns:
@@ -281,17 +348,37 @@ def final_metrics(run_dir: Path) -> dict[str, float | None]:
     return read_metrics(run_dir / METRICS).last()
 
 
+def _complete_lines(data: bytes) -> bytes:
+    """``data`` up to its last line end: Lightning's CSV writer appends whole rows, so text after the last
+    newline is a row a killed writer left half written."""
+    return data[: data.rfind(b"\n") + 1]
+
+
 def read_metrics_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """(header, rows) of ``metrics.csv`` as the exact text of each cell (no float round trip), for code
-    that rewrites the file and must keep it byte-identical; ([], []) when it is missing or empty."""
+    that rewrites the file and must keep it byte-identical; ([], []) when it is missing or empty. An
+    unterminated last line (a row torn by a kill) is left out."""
     import csv
 
     if not path.is_file():
         return [], []
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
+    text = _complete_lines(path.read_bytes()).decode("utf-8", errors="replace")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = list(reader)
+    return list(reader.fieldnames or []), rows
+
+
+def write_metrics_rows(path: Path, header: list[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """``metrics.csv`` from a header and rows, atomically (:func:`atomic_write_text`), in the dialect of
+    Lightning's CSV writer (``csv.DictWriter``'s excel dialect, ``\\r\\n`` line ends): used when the
+    header grows and when a resume carries rows over, so a kill never leaves a half-rewritten file."""
+    import csv
+
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _row_before(row: Mapping[str, str], step: int, epoch: int) -> bool:
@@ -331,18 +418,11 @@ def restore_metrics(run_dir: Path, step: int, epoch: int) -> list[str]:
     ``metrics.resume.csv`` and return the header, which the resumed logger continues. ``[]`` when there
     was no earlier file. Rows after the checkpoint are dropped: the resumed run logs them again, so the
     file ends byte-identical to an uninterrupted run's."""
-    import csv
-    import io
-
     aside = run_dir / METRICS_RESUME
     if not aside.is_file():
         return []
     header, rows = read_metrics_rows(aside)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=header)  # the excel dialect, as Lightning's writer
-    writer.writeheader()
-    writer.writerows(r for r in rows if _row_before(r, step, epoch))
-    atomic_write_text(run_dir / METRICS, buffer.getvalue())
+    write_metrics_rows(run_dir / METRICS, header, (r for r in rows if _row_before(r, step, epoch)))
     aside.unlink()
     return header
 
@@ -453,10 +533,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(runs, dict):
         raise RunDirError(f"{path}: not a sweep manifest (expected an object with a 'runs' object); {fix}")
     for run_id, entry in runs.items():
-        if not isinstance(entry, dict) or entry.get("status") not in (*STATUSES, "pending"):
-            raise RunDirError(
-                f"{path}: run {run_id!r} has no valid status (allowed: pending, {', '.join(STATUSES)}); {fix}"
-            )
+        if not isinstance(entry, dict) or entry.get("status") not in (*EFFECTIVE_STATUSES, "pending"):
+            raise RunDirError(f"{path}: run {run_id!r} has no valid status (allowed: pending, "
+                              f"{', '.join(EFFECTIVE_STATUSES)}); {fix}")
     return data
 
 

@@ -1,6 +1,8 @@
 """Runs as data: load run folders and sweep manifests through :mod:`lightning_mem.rundir`. Used by
 ``report`` (only finished and diverged runs) and ``dashboard`` (every status, partial curves
-included; a sweep's failed or interrupted run without any logged row too).
+included; a sweep's failed or interrupted run without any logged row too). A run's status is
+:func:`rundir.effective_status`: ``running`` only while a process holds its folder's lock, else
+``killed``.
 
 Each :class:`Run` carries its canonical hyperparameters ``hp`` (``hp.json``, or
 :func:`rundir.canonical_hp` of ``config.yaml`` for runs of older versions), its flat config
@@ -79,7 +81,7 @@ class Run:
     path: Path
     params: dict[str, Any]
     metrics: dict[str, Series] = field(default_factory=dict)
-    status: str = "finished"  # one of rundir.STATUSES
+    status: str = "finished"  # one of rundir.EFFECTIVE_STATUSES ("killed": "running" with its process gone)
     hp: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)  # status.json (step, epoch, reason, ...)
 
@@ -159,8 +161,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 def load_run(path: Path, params: dict[str, Any] | None = None, status: str | None = None) -> Run | None:
     """One run folder; ``params`` (a manifest's CLI keys) fill keys ``config.yaml`` lacks; ``status``
     (a manifest's final status) overrides ``status.json``. None (logged) without ``metrics.csv``,
-    unless the manifest says the run failed or was interrupted (a run without rows)."""
-    if not (path / rundir.METRICS).is_file() and status not in ("failed", "interrupted"):
+    unless the manifest says the run failed, was interrupted or killed (a run without rows)."""
+    if not (path / rundir.METRICS).is_file() and status not in ("failed", "interrupted", rundir.KILLED):
         log.warning("skipping %s: no metrics.csv", path)
         return None
     config = _read_config(path)
@@ -176,7 +178,9 @@ def load_run(path: Path, params: dict[str, Any] | None = None, status: str | Non
         raise RunDirError(f"{path / rundir.STATUS}: not a status record (expected {{\"status\": one of "
                           f"{', '.join(rundir.STATUSES)}}}); move it away (the run then counts as finished)")
     metrics = series(rundir.read_metrics(path))
-    final = status or (record or {}).get("status") or "finished"  # no status.json: an older version
+    # A "running" record counts only while its process holds the run folder's lock, else "killed".
+    now = rundir.effective_status(path, record) if record is not None else None
+    final = status or now or "finished"  # no status.json: an older version
     return Run(path, flat, metrics, final, hp, record or {})
 
 
@@ -198,6 +202,9 @@ def load_manifest(path: Path, statuses: Iterable[str] | None = FINISHED) -> list
             run_dir = path.parent / run_dir
         params = entry.get("params")
         terminal = status if status != "running" else None  # a live run's status.json is newer
+        if status == "running" and rundir.read_status(run_dir) is None \
+                and rundir.lock_holder(run_dir) is None:
+            terminal = rundir.KILLED  # the runner recorded a start; no process owns the run now
         run = load_run(run_dir, params if isinstance(params, dict) else {}, terminal)
         if run is not None:
             runs.append(run)

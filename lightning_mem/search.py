@@ -163,6 +163,25 @@ def _axis(key: str, spec: Any) -> list[Any]:
     return [lo + i * q for i in range(max(math.ceil((hi - lo) / q), 0))]
 
 
+def grid_size(parameters: Any, prefix: str = "") -> int:
+    """How many points :func:`expand_grid` would return, counted without building any (a grid of 10**12
+    points, or an ``int_uniform`` axis of 10**12 values, is refused by the caller before it is expanded)."""
+    if not isinstance(parameters, dict) or not parameters:
+        raise SearchError(f"parameters{' of ' + prefix[:-1] if prefix else ''}: expected a non-empty mapping")
+    size = 1
+    for name, spec in parameters.items():
+        key = f"{prefix}{name}"
+        if distribution(key, spec) in ("int_uniform", "q_uniform"):
+            dist, spec = checked(key, spec)
+            lo, hi = spec["min"], spec["max"]
+            size *= hi - lo + 1 if dist == "int_uniform" else max(math.ceil((hi - lo) / spec["q"]), 0)
+        elif distribution(key, spec) == "parameters":
+            size *= grid_size(spec["parameters"], prefix=f"{key}.")
+        else:
+            size *= len(_axis(key, spec))
+    return size
+
+
 def expand_grid(parameters: Any, prefix: str = "") -> list[dict[str, Any]]:
     """All combinations of a W&B ``parameters`` block, in YAML order (see the module docstring)."""
     if not isinstance(parameters, dict) or not parameters:

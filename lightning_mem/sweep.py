@@ -11,7 +11,8 @@ Each run's command is built from the sweep's ``command`` with wandb's own functi
 (``${env}``, ``${interpreter}`` = this Python, ``${program}``, ``${args}``, ``${args_json_file}``, ...),
 plus ``--run.root/--run.name/--run.id`` so that every run's folder is ``<root>/<sweep name>/<run id>/``.
 The sweep's state is ``<root>/<sweep name>/manifest.json`` (:mod:`lightning_mem.rundir`), rewritten
-atomically after every change; a rerun skips finished (and diverged) runs and retries the others.
+atomically after every change; a rerun skips finished (and diverged) runs and retries the others
+(a run the manifest says is ``running`` while no process holds its folder's lock is shown as ``killed``).
 The runner holds the sweep folder's lock for its lifetime: a second runner of the same sweep exits 2
 naming the holder; the lock of a killed runner is taken over. A failing run never stops the sweep;
 SIGINT/SIGTERM stop the running children and mark them ``interrupted``.
@@ -32,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -49,6 +51,7 @@ from typing import Any
 import yaml
 
 from lightning_mem import ensemble_plan, rundir, search
+from lightning_mem.checks import path_arg
 from lightning_mem.launch import Signals, child_env, cmd_agents, slots_of
 from lightning_mem.rundir import FolderLock, RunDirError
 
@@ -100,6 +103,10 @@ def run_id(params: dict[str, Any], show: list[str] | None = None, prefix: str = 
     return f"{prefix}{_UNSAFE.sub('', '_'.join(parts))[:48] or 'run'}-{digest}"
 
 
+MAX_RUNS = 10_000  # runs of one local sweep: each is a process (and is checked before launch)
+MAX_GRID = 1_000_000  # grid points expanded (then cut to --count / run_cap)
+
+
 def points(
     spec: dict[str, Any], path: Path, count: int | None, seed: int
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -115,6 +122,10 @@ def points(
         raise ValueError(f"{path}: run_cap={cap!r} must be an integer >= 1")
     limits = [n for n in (count, cap) if n is not None]
     parameters = spec.get("parameters") or {}
+    if limits and min(limits) > MAX_RUNS:
+        raise ValueError(f"{path}: {min(limits)} runs asked for (--count / run_cap); the local runner "
+                         f"starts at most {MAX_RUNS:,} (one process each); split the sweep, or run it with "
+                         "`wandb agent`")
     if method == "random":
         if not limits:
             raise ValueError(f"{path}: method 'random' draws without end: give --count N "
@@ -123,6 +134,14 @@ def points(
         const = {k for k, v in parameters.items() if search.distribution(k, v) == "constant"}
         show = [k for k in parameters if k not in const]
         return [(run_id(p, show, prefix=f"{i:03d}_"), p) for i, p in enumerate(combos)]
+    size = search.grid_size(parameters)
+    if size > MAX_GRID:
+        raise ValueError(f"{path}: the grid has {size:,} points; the local runner expands at most "
+                         f"{MAX_GRID:,}; give fewer values, or run it with `wandb agent`")
+    if min([size, *limits]) > MAX_RUNS:
+        raise ValueError(f"{path}: the grid has {size:,} points; the local runner starts at most "
+                         f"{MAX_RUNS:,} runs (one process each); give fewer values, take the first N with "
+                         "--count N, or run it with `wandb agent`")
     combos = search.expand_grid(parameters)[: min(limits, default=None)]
     varying = [k for k in combos[0] if any(c[k] != combos[0][k] for c in combos)]
     return [(run_id(p, show=varying), p) for p in combos]
@@ -152,6 +171,65 @@ def args_json(params: dict[str, Any]) -> str:
 
     macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
     return str(macros["args_json"][0])
+
+
+# ---------------------------------------------------------------------------- the check before launch
+
+
+ARGS_MACROS = ("${args}", "${args_no_hyphens}", "${args_no_boolean_flags}", "${args_json}",
+               "${args_json_file}")  # wandb's macros that pass a run's parameters to its command
+CLI_SUBCOMMANDS = ("fit", "validate", "test")
+
+
+def _cli_argv(command: list[str]) -> list[str] | None:
+    """The ``fit ...`` part of a built command that runs ``lightning-mem`` (the console script, or ``python
+    -m lightning_mem``); None for any other program."""
+    for i, token in enumerate(command):
+        runs_cli = Path(token).name == "lightning-mem" or (
+            token == "-m" and i + 1 < len(command) and command[i + 1] == "lightning_mem")
+        if runs_cli:
+            rest = command[i + (2 if token == "-m" else 1):]
+            return rest if rest and rest[0] in CLI_SUBCOMMANDS else None
+    return None
+
+
+def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any]]) -> None:
+    """Before any run starts: every run's command line must parse as the CLI parses it, so a parameter
+    the CLI does not know (``model.lrr``) or a value it refuses stops the sweep (ValueError naming the
+    sweep file, the run and the parameter) instead of failing in every run.
+
+    Only commands of ``lightning-mem fit|validate|test`` are checked (other programs: nothing to check
+    against). Their parameters must reach them: a command without any of :data:`ARGS_MACROS` gets none.
+    They are parsed in this process by
+    :func:`lightning_mem.cli.check_args` (torch and Lightning imported once, no process started; nothing
+    built or written); other programs are not checked. Values that only fail when the classes are built
+    or the data read (a dataset folder that does not exist) still fail in their run (exit 2, recorded
+    as ``failed`` with the CLI's message).
+    """
+    template = [str(c) for c in spec["command"]]
+    if _cli_argv(template) is None:
+        return  # not our CLI: nothing to check against
+    if any(params.values()) and not any(macro in template for macro in ARGS_MACROS):
+        keys = ", ".join(sorted({k for p in params.values() for k in p}))
+        raise ValueError(f"{path}: the sweep's parameters ({keys}) never reach the runs: its `command:` has "
+                         f"none of {', '.join(ARGS_MACROS)}; add `${{args_json_file}}` after `--config`, or "
+                         "`${args}`")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lightning-mem-sweep-check-") as tmp:
+        args_file = Path(tmp) / rundir.ARGS_JSON
+        for rid, values in params.items():
+            argv = _cli_argv(build_command(spec["command"], values, args_file, spec.get("program")))
+            assert argv is not None
+            from lightning_mem.cli import check_args  # torch and Lightning: imported once, only here
+
+            args_file.write_text(args_json(values))
+            problem = check_args([*argv, "--run.name", "check", "--run.id", "check"])
+            if problem:
+                problem = problem.replace(str(args_file), "the sweep's parameters")
+                shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+                raise ValueError(f"{path}: run {rid} ({shown}) would fail before training: {problem}; "
+                                 "no run was started")
 
 
 # ---------------------------------------------------------------------------- runs
@@ -240,6 +318,9 @@ class LocalSweep:
     def load(self) -> None:
         """The manifest's runs (RunDirError naming it if it is not one), then this file's commands."""
         self.runs = dict(rundir.read_manifest(self.manifest)["runs"]) if self.manifest.is_file() else {}
+        for entry in self.runs.values():  # a runner killed with its runs left them "running"
+            if entry["status"] == "running" and rundir.lock_holder(Path(str(entry.get("run_dir")))) is None:
+                entry.update(status=rundir.KILLED, reason="its process is gone (killed with its runner)")
         for rid, params in self.params.items():
             run_dir = self.dir / rid
             command = build_command(self.spec["command"], params, run_dir / rundir.ARGS_JSON,
@@ -499,6 +580,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     sweep = LocalSweep(Path(args.sweep), Path(args.root), wandb_mode=args.wandb_mode,
                        kill_timeout=args.kill_timeout, count=args.count, seed=args.seed, pack=args.pack,
                        pack_size=args.pack_size)
+    check_runs(sweep.spec, sweep.path, sweep.params)  # before --dry-run prints or anything is written
     gpus = slots_of(args)
     n = args.max_parallel or len(gpus) or 1
     slots: list[str | None] = [gpus[i % len(gpus)] for i in range(n)] if gpus else [None] * n
@@ -513,6 +595,8 @@ def cmd_local(args: argparse.Namespace) -> int:
             skip = f"# {entry['status']}, skipped: " if entry["status"] in DONE else ""
             sys.stdout.write(f"{skip}{prefix}{shlex.join(entry['command'])}\n")
         return 0
+    if sweep.manifest.is_file():
+        rundir.read_manifest(sweep.manifest)  # a damaged manifest stops the sweep before the folder is locked
     try:
         sweep.lock.acquire()  # LockedError (exit 2) names the runner that holds it
     except OSError as err:  # --root is a file, or not writable
@@ -532,6 +616,27 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+MAX_PARALLEL = 1024  # processes at once: more than any machine runs (and [slot] * 10**30 cannot be built)
+
+
+def _parallel(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_PARALLEL} processes at once")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A wait in seconds: finite, 0 to a day (nan, inf and negative waits refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 86_400:  # nan fails too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in [0, 86400]")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightning-mem sweep", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -539,19 +644,21 @@ def parser() -> argparse.ArgumentParser:
                 "one slot per --gpus-per-run of them (default: no pinning)")
     per_run_help = "GPUs per run (agent): --gpus 0,1,2,3 --gpus-per-run 2 gives slots 0,1 and 2,3 (default 1)"
     loc = sub.add_parser("local", help="Run a sweep YAML (grid or random) on this machine, with a manifest.")
-    loc.add_argument("sweep", help="W&B sweep YAML (sweeps/*.yaml)")
+    loc.add_argument("sweep", type=path_arg, help="W&B sweep YAML (sweeps/*.yaml)")
     loc.add_argument("--gpus", help=gpu_help)
     loc.add_argument("--gpus-per-run", type=_positive, default=1, help=per_run_help)
-    loc.add_argument("--max-parallel", type=_positive, default=None,
+    loc.add_argument("--max-parallel", type=_parallel, default=None,
                      help="runs at once (default: number of GPU slots or 1)")
     loc.add_argument("--count", type=_positive, default=None,
                      help="number of runs: required for method random (unless run_cap), caps a grid")
     loc.add_argument("--seed", type=int, default=0, help="seed of method random's draws (default: 0)")
-    loc.add_argument("--root", default="runs", help="runs go to ROOT/<sweep name>/<run id>/ (default: runs)")
+    loc.add_argument("--root", type=path_arg, default="runs",
+                     help="runs go to ROOT/<sweep name>/<run id>/ (default: runs)")
     loc.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     loc.add_argument("--wandb-mode", default="offline", choices=["offline", "disabled", "online"],
                      help="WANDB_MODE of the runs (default: offline; `wandb sync` uploads them later)")
-    loc.add_argument("--kill-timeout", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
+    loc.add_argument("--kill-timeout", type=_seconds, default=15.0,
+                     help="seconds between SIGTERM and SIGKILL")
     loc.add_argument("--pack", action="store_true",
                      help="train runs that differ only in σ, seed, lr, loss scale or label seed (a ScaledMLP "
                      "`lightning-mem fit`) as one ensemble per process; each keeps its own run folder and "
@@ -566,7 +673,8 @@ def parser() -> argparse.ArgumentParser:
     ag.add_argument("--gpus-per-run", type=_positive, default=1, help=per_run_help)
     ag.add_argument("--count", type=_positive, default=None,
                     help="runs per agent (default: until the sweep ends)")
-    ag.add_argument("--stagger", type=float, default=10.0, help="seconds between agent starts (default: 10)")
+    ag.add_argument("--stagger", type=_seconds, default=10.0,
+                    help="seconds between agent starts (default: 10)")
     ag.set_defaults(func=cmd_agents)
     return p
 

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning_mem.checks import path_arg
+
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
@@ -238,13 +240,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     sigma = _number(float, "σ must be a finite number > 0, e.g. 0.01 or 10", 0, above=True)
     parser.add_argument("--sigma", type=sigma, nargs="+",
                         default=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
-    parser.add_argument("--pairs", type=_number(int, "--pairs must be an integer >= 1", 1), default=20,
-                        help="Image pairs (half same class).")
-    parser.add_argument("--samples", type=_number(int, "--samples must be an integer >= 2", 2),
-                        default=20_000, help="Draws of w (hidden units) per σ.")
+    # Upper bounds: a run past them would not end in hours on a CPU (pairs x samples x 784 per σ).
+    parser.add_argument("--pairs", type=_number(int, "--pairs must be an integer in [1, 10000]", 1, 10_001),
+                        default=20, help="Image pairs (half same class; at most 10,000).")
+    parser.add_argument("--samples", type=_number(int, "--samples must be an integer in [2, 10**8]", 2,
+                                                   10**8 + 1),
+                        default=20_000, help="Draws of w (hidden units) per σ (at most 10**8).")
     parser.add_argument("--seed", type=_number(int, "--seed must be an integer in [0, 2**63)", 0, 2**63),
                         default=0)
-    parser.add_argument("--out", type=Path, required=True,
+    parser.add_argument("--out", type=path_arg, required=True,
                         help="Folder for theorem1.png and theorem1.csv (created if missing).")
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.out.exists() and not args.out.is_dir():

@@ -3,7 +3,7 @@ files (empty, truncated, random bytes, a torch file that is not a checkpoint).""
 
 from __future__ import annotations
 
-import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 
+from lightning_mem import rundir
 from lightning_mem.checkpoints import (
     CheckpointError,
     config_differences,
@@ -96,7 +97,7 @@ def _damaged(tmp_path: Path, kind: str, good: Path) -> Path:
     elif kind == "truncated":
         path.write_bytes(good.read_bytes()[:2000])
     elif kind == "random":
-        path.write_bytes(os.urandom(4096))
+        path.write_bytes(random.Random(0).randbytes(4096))  # fixed bytes (any others: the test below)
     elif kind == "not-a-checkpoint":
         torch.save({"weights": torch.zeros(3)}, path)
     elif kind == "directory":
@@ -107,7 +108,7 @@ def _damaged(tmp_path: Path, kind: str, good: Path) -> Path:
 @pytest.mark.parametrize(("kind", "says"), [
     ("empty", "does not load as a checkpoint (empty, truncated or not a torch file: EOFError)"),
     ("truncated", "does not load as a checkpoint (empty, truncated or not a torch file: PytorchStreamReader"),
-    ("random", "does not load as a checkpoint (empty, truncated or not a torch file: UnpicklingError)"),
+    ("random", "does not load as a checkpoint (empty, truncated or not a torch file: "),
     ("not-a-checkpoint", "a torch file but not a Lightning checkpoint (no state_dict and global_step)"),
     ("directory", "no such checkpoint file"),
     ("missing", "no such checkpoint file"),
@@ -119,3 +120,115 @@ def test_damaged_checkpoints_name_the_file(kind: str, says: str, notebook_ckpt: 
     assert str(exc.value).startswith(f"ckpt_path={str(path)!r}: ")
     assert says in str(exc.value)
     assert "give a .ckpt written by `lightning-mem fit`" in str(exc.value)
+
+
+def test_random_bytes_never_escape_as_another_error(tmp_path: Path) -> None:
+    """200 seeded random files (4 B to 64 kB, some starting like a zip or a pickle): each a CheckpointError
+    naming the file. The weights-only unpickler raises IndexError, KeyError, struct.error, ... on garbage."""
+    rng = random.Random(0)
+    path = tmp_path / "random.ckpt"
+    heads = [b"", b"PK\x03\x04", b"\x80\x02", b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."]
+    for i in range(200):
+        size = rng.choice([4, 64, 1000, 4096, 65536])
+        path.write_bytes(heads[i % len(heads)] + rng.randbytes(size))
+        with pytest.raises(CheckpointError) as exc:
+            load_checkpoint(path)
+        assert str(exc.value).startswith(f"ckpt_path={str(path)!r}: "), exc.value
+
+
+# ---------------------------------------------------------------- writing: whole files, held until published
+
+
+def test_run_checkpoint_io_writes_whole_files_only(tmp_path: Path) -> None:
+    from lightning_mem.checkpoints import RunCheckpointIO
+
+    io = RunCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "state_dict": {"w": torch.ones(2)}}, target)
+    assert torch.load(target, weights_only=True)["global_step"] == 1
+    old = target.read_bytes()
+
+    def torn(fh: Any, data: Any) -> None:  # the writer dies halfway
+        fh.write(bytes(data)[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    io._write = torn  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.zeros(2)}}, target)
+    assert target.read_bytes() == old  # the previous checkpoint, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no temporary file left
+
+
+def test_held_checkpoints_appear_only_when_published(tmp_path: Path) -> None:
+    from lightning_mem.checkpoints import RunCheckpointIO
+
+    io = RunCheckpointIO()
+    folder = tmp_path / "checkpoints"
+    io.save_checkpoint({"global_step": 1, "state_dict": {}}, folder / "epoch0.ckpt")
+    io.save_checkpoint({"global_step": 1, "state_dict": {}}, folder / "last.ckpt")
+    io.hold = True
+    io.save_checkpoint({"global_step": 2, "state_dict": {}}, folder / "epoch1.ckpt")
+    io.remove_checkpoint(folder / "epoch0.ckpt")
+    io.save_checkpoint({"global_step": 2, "state_dict": {}}, folder / "last.ckpt")
+    visible = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    assert visible == ["epoch0.ckpt", "last.ckpt"]
+    assert io.pending == [folder / "epoch1.ckpt", folder / "last.ckpt"]
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 1  # still the old one
+    io.publish()
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch1.ckpt", "last.ckpt"]
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert not io.hold and io.pending == []
+    # Dropped instead: nothing of the held epoch is left, the published files stay.
+    io.hold = True
+    io.save_checkpoint({"global_step": 3, "state_dict": {}}, folder / "last.ckpt")
+    io.remove_checkpoint(folder / "epoch1.ckpt")
+    io.discard()
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch1.ckpt", "last.ckpt"]
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_a_fit_publishes_each_epoch_after_its_rows(tmp_path: Path) -> None:
+    """In a real fit, a checkpoint is never under its name while metrics.csv lacks its epoch's train/* row
+    (Lightning logs that row after ModelCheckpoint runs): looked at right after each save (the logger's
+    after_save_checkpoint hook) and at each epoch start. Without the publisher the first look fails."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_mem.checkpoints import CheckpointPublisher, install_checkpoint_io
+
+    seen: list[tuple[str, int, bool, bool]] = []
+
+    def look(when: str, epoch: int) -> None:
+        _, rows = rundir.read_metrics_rows(tmp_path / "metrics.csv")
+        published = (tmp_path / "checkpoints" / f"epoch{epoch}.ckpt").is_file()
+        train_row = any(r["epoch"] == str(epoch) and r.get("train/loss") for r in rows)
+        if (when, epoch, published, train_row) not in seen:
+            seen.append((when, epoch, published, train_row))
+
+    class Spy(CSVLogger):
+        def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+            look("saved", self._epoch)
+
+    class Look(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            logger._epoch = trainer.current_epoch
+
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.current_epoch:
+                look("next epoch", trainer.current_epoch - 1)
+
+    L.seed_everything(0, verbose=False)
+    data = ImageClassificationData("digits", batch_size=64)
+    module = MemorizationModule(ScaledMLP(data.input_shape, data.num_classes, width=8), lr=0.05)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="epoch{epoch}",
+                           auto_insert_metric_name=False, save_last=True)
+    logger = Spy(tmp_path, name="", version="")
+    trainer = L.Trainer(max_epochs=2, logger=logger, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[CheckpointPublisher(), Look(), ckpt], num_sanity_val_steps=0)
+    assert install_checkpoint_io(trainer) is not None
+    trainer.fit(module, datamodule=data)
+    # Held when written (the row not yet logged), published at the next epoch's start with its row.
+    assert seen == [("saved", 0, False, False), ("next epoch", 0, True, True), ("saved", 1, False, False)]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch1.ckpt", "last.ckpt"]
+    assert [r["epoch"] for r in rundir.read_metrics_rows(tmp_path / "metrics.csv")[1] if r["train/loss"]] == [
+        "0", "1"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def page_data(html: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def sweep(tmp_path: Path) -> Path:
+def sweep(tmp_path: Path) -> Iterator[Path]:
     """σ ∈ {0.01, 10} × 2 seeds, finished; plus one diverged, one failed and one running run."""
     root = tmp_path / "runs"
     align = [(s, {"align/grad/hidden.weight": a, "align/grad/logits": 0.9, "align/rep/act": 0.5,
@@ -45,7 +46,8 @@ def sweep(tmp_path: Path) -> Path:
     rundir.write_status(root / "div", "diverged", step=5, reason="the training loss is nan")
     write_run(root, "fail", [(1, {"train/loss": 2.0, "epoch": 0})], config(1.0, 0), status="failed")
     write_run(root, "live", epoch_rows([0.5], [0.3], 4), config(1.0, 0), status="running")
-    return root
+    with rundir.FolderLock(root / "live", "run folder"):  # running: a process holds its folder
+        yield root
 
 
 def test_payload_curves_numbers_and_statuses(sweep: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from test_data import no_md5  # noqa: F401  (fixture: torchvision's md5 checks off for fake files)
 
-from lightning_mem.cli import EXIT_DIVERGED, EXIT_SIGTERM, main
+from lightning_mem.cli import EXIT_DIVERGED, main
 from lightning_mem.data import ImageClassificationData
 from lightning_mem.guard import DivergedError, DivergenceGuard, RunStatus
 from lightning_mem.module import MemorizationModule
@@ -199,7 +198,7 @@ def test_squared_loss_at_large_sigma_diverges_cleanly(
     assert [r["epoch"] for r in rows if r["train/loss"]] == ["0"]  # no NaN/inf epoch row
 
 
-# ---------------------------------------------------------------- resume after SIGKILL / SIGTERM
+# ---------------------------------------------------------------- resume (kill points: test_kill_resume.py)
 
 EPOCHS = 4
 RESUME_ARGS = [*TINY, "--trainer.max_epochs", str(EPOCHS)]
@@ -211,56 +210,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("reference")
     assert run_cli(*RESUME_ARGS, "--run.root", str(root), "--run.id", "ref") == 0
     return root / "quickstart" / "ref"
-
-
-def _start_and_kill(root: Path, sig: signal.Signals) -> subprocess.CompletedProcess[str]:
-    """Start a throttled ``lightning-mem fit`` and send ``sig`` once epoch 0's checkpoint exists."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    cmd = [str(EXE), *RESUME_ARGS, "--run.root", str(root), "--run.id", "killed",
-           "--trainer.callbacks+=test_reliability.Throttle"]
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    last = root / "quickstart" / "killed" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 240
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into epoch 1: each epoch sleeps 23 x 0.05 s
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-@pytest.mark.parametrize(
-    ("sig", "how"),
-    [(signal.SIGKILL, "last"), pytest.param(signal.SIGTERM, "path", marks=pytest.mark.slow)],
-    ids=["sigkill-last", "sigterm-path"],
-)
-def test_killed_run_resumes_exactly(sig: signal.Signals, how: str, reference: Path, tmp_path: Path) -> None:
-    killed = _start_and_kill(tmp_path, sig)
-    run_dir = tmp_path / "quickstart" / "killed"
-    status = read_status(run_dir)
-    assert status is not None
-    if sig == signal.SIGKILL:
-        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-        assert status["status"] == "running" and status["pid"] > 0  # SIGKILL leaves no chance to write
-    else:
-        assert killed.returncode == EXIT_SIGTERM == 143, killed.stderr[-2000:]
-        assert (status["status"], status["reason"]) == ("interrupted", "SIGTERM")
-        assert "--ckpt_path last" in killed.stderr
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    assert load_ckpt(ckpt)["global_step"] < EPOCHS * STEPS_PER_EPOCH  # killed before the end
-
-    resume = ["--ckpt_path", "last"] if how == "last" else ["--ckpt_path", str(ckpt)]
-    assert run_cli(*RESUME_ARGS, "--run.root", str(tmp_path), *resume) == 0  # 'last' finds the run folder
-
-    # Same final weights (bitwise), same metrics file (every row, alignment included), finished.
-    want, got = load_ckpt(reference / "checkpoints" / "last.ckpt"), load_ckpt(ckpt)
-    assert (got["global_step"], got["epoch"]) == (want["global_step"], want["epoch"])
-    assert want["global_step"] == EPOCHS * STEPS_PER_EPOCH
-    assert want["state_dict"].keys() == got["state_dict"].keys()
-    assert all(torch.equal(want["state_dict"][k], got["state_dict"][k]) for k in want["state_dict"])
-    assert (run_dir / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
-    assert read_status(run_dir)["status"] == "finished"  # type: ignore[index]
-    assert not (run_dir / "metrics.resume.csv").exists()
 
 
 def test_resume_keeps_rows_up_to_the_checkpoint(tmp_path: Path) -> None:

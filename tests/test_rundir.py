@@ -301,3 +301,92 @@ def test_lock_excludes_a_second_holder_in_the_same_process(tmp_path: Path) -> No
     assert time.monotonic() - t0 < 5  # refused at once, not after waiting
     first.release()
     FolderLock(tmp_path, "sweep folder s").acquire().release()
+
+
+# ---------------------------------------------------------------- kills: torn rows, atomic rewrites, status
+
+
+def _three_saves(tmp_path: Path) -> tuple[Path, bytes]:
+    """A metrics.csv written by Lightning's own CSV logger: three saves, the second with a new key."""
+    logger = CSVLogger(tmp_path, name="", version="")
+    logger.log_metrics({"train/loss": 1.5, "epoch": 0}, step=3)
+    logger.save()
+    logger.log_metrics({"val/acc": 0.25, "epoch": 0}, step=3)  # a new key: Lightning rewrites the file
+    logger.log_metrics({"train/loss": 1.25, "epoch": 1}, step=7)
+    logger.save()
+    path = tmp_path / "metrics.csv"
+    return path, path.read_bytes()
+
+
+def test_a_torn_last_row_is_left_out_by_every_reader(tmp_path: Path) -> None:
+    path, whole = _three_saves(tmp_path)
+    path.write_bytes(whole + b"1,1.0,1")  # a row a killed writer left half written: "1,1.0,11" was meant
+    table = rundir.read_metrics(path)
+    assert list(table.values["step"]) == [3, 3, 7]
+    header, rows = rundir.read_metrics_rows(path)
+    assert header == ["epoch", "step", "train/loss", "val/acc"]
+    assert [r["step"] for r in rows] == ["3", "3", "7"]
+    # A resume from the checkpoint at step 7, epoch 0 keeps the complete rows before it, never the torn one.
+    rundir.set_metrics_aside(tmp_path)
+    rundir.restore_metrics(tmp_path, step=7, epoch=0)
+    assert path.read_bytes() == whole.rsplit(b"1,7,", 1)[0]
+    path.write_bytes(b"epoch,st")  # the header itself cut short: no rows yet
+    assert rundir.read_metrics(path).values.empty
+
+
+def test_write_metrics_rows_matches_lightnings_writer_byte_for_byte(tmp_path: Path) -> None:
+    path, whole = _three_saves(tmp_path)
+    header, rows = rundir.read_metrics_rows(path)
+    rundir.write_metrics_rows(tmp_path / "again.csv", header, rows)
+    assert (tmp_path / "again.csv").read_bytes() == whole
+    assert whole.count(b"\r\n") == 4  # the excel dialect's line ends, as Lightning writes them
+
+
+def test_a_header_rewrite_replaces_the_file_instead_of_truncating_it(tmp_path: Path) -> None:
+    """RunCSVLogger's writer rewrites for a new key by renaming a complete new file over the old one: a
+    reader (or a kill) meets the old file or the new, never a truncated one. Lightning's own writer
+    truncates in place, which a handle opened before the rewrite sees as an empty file."""
+    from lightning_mem.loggers import RunCSVLogger
+
+    logger = RunCSVLogger(str(tmp_path), name="", version="")
+    logger.log_metrics({"train/loss": 1.5, "epoch": 0}, step=3)
+    logger.save()
+    path = tmp_path / "metrics.csv"
+    old = path.read_bytes()
+    with path.open("rb") as reader:  # opened before the rewrite
+        logger.log_metrics({"val/acc": 0.25, "epoch": 0}, step=3)
+        logger.save()
+        assert reader.read() == old  # the old file is intact, not truncated under the reader
+    reference = CSVLogger(tmp_path / "lightning", name="", version="")  # the same rows, Lightning's writer
+    reference.log_metrics({"train/loss": 1.5, "epoch": 0}, step=3)
+    reference.save()
+    reference.log_metrics({"val/acc": 0.25, "epoch": 0}, step=3)
+    reference.save()
+    assert path.read_bytes() == (tmp_path / "lightning" / "metrics.csv").read_bytes()
+
+
+def test_effective_status_tells_a_live_run_from_a_killed_one(tmp_path: Path) -> None:
+    assert rundir.effective_status(tmp_path) is None  # no status.json
+    rundir.write_status(tmp_path, "running", pid=1, host="h")
+    assert rundir.effective_status(tmp_path) == "killed"  # no process holds the folder
+    with FolderLock(tmp_path, "run folder"):
+        assert rundir.effective_status(tmp_path) == "running"
+    assert rundir.effective_status(tmp_path) == "killed"
+    for status in ("finished", "diverged", "interrupted", "failed"):
+        rundir.write_status(tmp_path, status)
+        assert rundir.effective_status(tmp_path) == status  # the lock only matters for "running"
+    assert rundir.effective_status(tmp_path, {"status": "running"}) == "killed"  # a record already read
+
+
+def test_atomic_files_get_the_permissions_open_gives(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        rundir.atomic_write_text(tmp_path / "a.json", "{}\n")
+        rundir.write_status(tmp_path, "finished")
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    plain = (tmp_path / "plain").stat().st_mode & 0o777
+    assert plain == 0o640
+    assert {(tmp_path / n).stat().st_mode & 0o777 for n in ("a.json", "status.json")} == {plain}

@@ -117,9 +117,12 @@ def test_folders_of_runs_and_manifests(tmp_path: Path) -> None:
     # config.yaml has the nested key, so the manifest's CLI spelling adds nothing.
     assert reported[0].get("hp.init_std") == 0.01 and "model.net.init_std" not in reported[0].params
     # A folder with a manifest is read through it; each run once.
-    everything = load_runs([sweep, sweep / "manifest.json", sweep / "r0"], statuses=None)
+    # r3's status.json says running: it is, while a process holds its folder's lock; then it was killed.
+    with rundir.FolderLock(sweep / "r3", "run folder"):
+        everything = load_runs([sweep, sweep / "manifest.json", sweep / "r0"], statuses=None)
     assert [(r.path.name, r.status) for r in everything] == [
         ("r0", "finished"), ("r1", "diverged"), ("r2", "failed"), ("r3", "running"), ("r5", "failed")]
+    assert [r.status for r in load_runs([sweep / "r3"], statuses=None)] == ["killed"]
     assert everything[-1].metrics == {} and everything[-1].hp["init_std"] is None
     nested = load_runs([tmp_path / "sweep" / "r2", tmp_path], statuses=None)  # folder of folders, once each
     assert sorted(r.path.name for r in nested) == ["r0", "r1", "r2", "r3"]

@@ -107,10 +107,13 @@ def _bad_arguments(tmp: Path) -> dict[str, tuple[list[str], str]]:
         **{f"sigma-{v}": (["--sigma", "1", v], f"argument --sigma: '{v}' is not allowed: σ must be a "
                           "finite number > 0") for v in ("nan", "inf", "0", "-1", "abc", "")},
         "sigma--inf": (["--sigma=-inf"], "argument --sigma: '-inf' is not allowed"),
-        "pairs-0": (["--pairs", "0"], "argument --pairs: '0' is not allowed: --pairs must be an integer >= 1"
-                    ),
-        "samples-1": (["--samples", "1"], "'1' is not allowed: --samples must be an integer >= 2"),
-        "samples-float": (["--samples", "2.5"], "'2.5' is not allowed: --samples must be an integer >= 2"),
+        "pairs-0": (["--pairs", "0"], "argument --pairs: '0' is not allowed: --pairs must be an integer in "
+                    "[1, 10000]"),
+        "pairs-huge": (["--pairs", str(10**20)], f"'{10**20}' is not allowed: --pairs must be an integer in "
+                       "[1, 10000]"),
+        "samples-1": (["--samples", "1"], "'1' is not allowed: --samples must be an integer in [2, 10**8]"),
+        "samples-float": (["--samples", "2.5"], "'2.5' is not allowed: --samples must be an integer in"),
+        "samples-huge": (["--samples", str(10**20)], "--samples must be an integer in [2, 10**8]"),
         "seed-negative": (["--seed", "-1"], "'-1' is not allowed: --seed must be an integer in [0, 2**63)"),
         "seed-huge": (["--seed", str(2**64)], "--seed must be an integer in [0, 2**63)"),
         "out-existing-file": (["--out", str(tmp / "file.png")],
@@ -120,8 +123,9 @@ def _bad_arguments(tmp: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-CASE_NAMES = [*(f"sigma-{v}" for v in ("nan", "inf", "-inf", "0", "-1", "abc", "")), "pairs-0", "samples-1",
-              "samples-float", "seed-negative", "seed-huge", "out-existing-file", "out-under-a-file"]
+CASE_NAMES = [*(f"sigma-{v}" for v in ("nan", "inf", "-inf", "0", "-1", "abc", "")), "pairs-0", "pairs-huge",
+              "samples-1", "samples-float", "samples-huge", "seed-negative", "seed-huge", "out-existing-file",
+              "out-under-a-file"]
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
