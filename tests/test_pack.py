@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lightning_mem import commands, ensemble_plan, rundir, sweep
+from lightning_mem import commands, ensemble_plan, rundir, sweep, sweep_runner
 from lightning_mem.ensemble_plan import fit_args, group_key, net_class, pack_id, plan_packs, unpackable_reason
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_the_runner_packs_what_it_can_and_runs_the_rest_alone(tmp_path: Path) ->
         "seed_everything": {"values": [0, 1]},
         "model.net.class_path": {"values": ["lightning_mem.nets.ScaledMLP", "lightning_mem.nets.ConvNet"]},
         **DIGITS})
-    local = sweep.LocalSweep(path, tmp_path / "runs", pack=True)
+    local = sweep_runner.LocalSweep(path, tmp_path / "runs", pack=True)
     local.load()
     jobs = local.jobs(local.grid, 2)
     packs = [j for j in jobs if j.pack]
@@ -138,11 +138,11 @@ def test_the_runner_packs_what_it_can_and_runs_the_rest_alone(tmp_path: Path) ->
     assert local.pack_command(packs[0])[-3:] == ["fit", "--pack", str(local.dir / packs[0].pack)]
     grid = {"model.net.init_std": {"values": [0.01, 1.0, 10.0]}, "seed_everything": {"values": [0, 1]},
             **DIGITS}
-    mlp = sweep.LocalSweep(_sweep_file(tmp_path / "mlp.yaml", grid), tmp_path / "runs", pack=True)
+    mlp = sweep_runner.LocalSweep(_sweep_file(tmp_path / "mlp.yaml", grid), tmp_path / "runs", pack=True)
     mlp.load()
     assert [len(j.rids) for j in mlp.jobs(mlp.grid, 2)] == [3, 3]  # split over the 2 slots
     assert [len(j.rids) for j in mlp.jobs(mlp.grid, 7)] == [1] * 6  # as many slots as runs: no pack
-    plain = sweep.LocalSweep(path, tmp_path / "runs")
+    plain = sweep_runner.LocalSweep(path, tmp_path / "runs")
     plain.load()
     assert [j.rids for j in plain.jobs(plain.grid, 2)] == [[r] for r in plain.grid]
 

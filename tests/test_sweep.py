@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lightning_mem import rundir, search, sweep
+from lightning_mem import rundir, search, sweep, sweep_file, sweep_runner
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "sweeps").rglob("*.yaml"))
@@ -95,7 +95,8 @@ def test_build_command_substitutes_macros_like_the_agent(monkeypatch: pytest.Mon
     monkeypatch.setenv("MY_CONFIG", "base.yaml")
     template = ["${env}", "${interpreter}", "${program}", "--config", "x${envvar:MY_CONFIG}",
                 "--config", "${args_json_file}", "${args}", "${no_such_macro}", 7]
-    cmd = sweep.build_command(template, {"a.b": 1, "c": "x"}, Path("/tmp/r/args.json"), program="train.py")
+    cmd = sweep_file.build_command(template, {"a.b": 1, "c": "x"}, Path("/tmp/r/args.json"),
+                                   program="train.py")
     assert cmd == ["/usr/bin/env", sys.executable, "train.py", "--config", "xbase.yaml",
                    "--config", "/tmp/r/args.json", "--a.b=1", "--c=x", "7"]
     assert template[4] == "x${envvar:MY_CONFIG}"  # wandb substitutes in place: the runner passes a copy
@@ -110,29 +111,29 @@ def test_build_command_substitutes_macros_like_the_agent(monkeypatch: pytest.Mon
 ])
 def test_every_argument_macro_of_wandb_agent(macro: str, expected: list[str]) -> None:
     params = {"lr": 0.1, "flag": True, "off": False}
-    assert sweep.build_command(["prog", macro], params, Path("a.json")) == ["prog", *expected]
-    assert json.loads(sweep.args_json(params)) == params
+    assert sweep_file.build_command(["prog", macro], params, Path("a.json")) == ["prog", *expected]
+    assert json.loads(sweep_file.args_json(params)) == params
 
 
 def test_run_ids_are_stable_unique_and_safe() -> None:
     key = "model.net.class_path"
-    a = sweep.run_id({key: "lightning_mem.nets.ConvNet", "x": 0.1}, show=[key])
+    a = sweep_file.run_id({key: "lightning_mem.nets.ConvNet", "x": 0.1}, show=[key])
     assert a.startswith("class_pathConvNet-")
-    assert a == sweep.run_id({key: "lightning_mem.nets.ConvNet", "x": 0.1}, show=[key])
-    assert a != sweep.run_id({key: "lightning_mem.nets.ConvNet", "x": 0.2}, show=[key])  # hash of all
-    weird = sweep.run_id({"p": "a/b c:d;e,#?'"})
+    assert a == sweep_file.run_id({key: "lightning_mem.nets.ConvNet", "x": 0.1}, show=[key])
+    assert a != sweep_file.run_id({key: "lightning_mem.nets.ConvNet", "x": 0.2}, show=[key])  # hash of all
+    weird = sweep_file.run_id({"p": "a/b c:d;e,#?'"})
     assert all(ch.isalnum() or ch in "._-" for ch in weird) and len(weird) <= 64
-    assert sweep.run_id({"lr": 0.0123456789}, prefix="007_").startswith("007_lr0.01235-")
+    assert sweep_file.run_id({"lr": 0.0123456789}, prefix="007_").startswith("007_lr0.01235-")
 
 
 def test_run_status_reads_status_json_and_non_finite_loss(tmp_path: Path) -> None:
-    assert sweep.run_status(tmp_path, 0, {"train/loss": 0.1}) == ("finished", None)
-    assert sweep.run_status(tmp_path, 1, {}) == ("failed", None)
-    assert sweep.run_status(tmp_path, 0, {"train/loss": None})[0] == "diverged"
+    assert sweep_runner.run_status(tmp_path, 0, {"train/loss": 0.1}) == ("finished", None)
+    assert sweep_runner.run_status(tmp_path, 1, {}) == ("failed", None)
+    assert sweep_runner.run_status(tmp_path, 0, {"train/loss": None})[0] == "diverged"
     rundir.write_status(tmp_path, "diverged", reason="training loss is inf")
-    assert sweep.run_status(tmp_path, 3, {}) == ("diverged", "training loss is inf")
+    assert sweep_runner.run_status(tmp_path, 3, {}) == ("diverged", "training loss is inf")
     (tmp_path / "status.json").write_text("not json")
-    assert sweep.run_status(tmp_path, 2, {}) == ("failed", None)
+    assert sweep_runner.run_status(tmp_path, 2, {}) == ("failed", None)
 
 
 # ---------------------------------------------------------------- tier 2: the runner
@@ -611,11 +612,11 @@ def test_every_sweep_file_expands_to_commands_the_cli_accepts(
     monkeypatch.chdir(REPO)  # the commands name configs relative to the repository root
     monkeypatch.setattr(sys, "argv", ["lightning-mem"])  # not pytest's arguments
     spec = yaml.safe_load(path.read_text())
-    runs = sweep.points(spec, path, count=2 if spec["method"] == "random" else None, seed=0)
+    runs = sweep_file.points(spec, path, count=2 if spec["method"] == "random" else None, seed=0)
     assert runs
     for _, params in {0: runs[0], len(runs) - 1: runs[-1]}.values():  # first and last point
-        cmd = sweep.build_command(spec["command"], params, tmp_path / "args.json")
-        (tmp_path / "args.json").write_text(sweep.args_json(params))
+        cmd = sweep_file.build_command(spec["command"], params, tmp_path / "args.json")
+        (tmp_path / "args.json").write_text(sweep_file.args_json(params))
         argv = cmd[cmd.index("fit") + 1 :]
         built = cli.build_cli([*argv, "--run.root", str(tmp_path / "runs")], run=False)
         config = built.config.as_dict()
