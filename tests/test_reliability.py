@@ -472,3 +472,24 @@ def test_two_fits_with_one_run_id_at_once(reference: Path, tmp_path: Path) -> No
     want, got = (load_ckpt(d / "checkpoints" / "last.ckpt")["state_dict"] for d in (reference, run_dir))
     assert all(torch.equal(want[k], got[k]) for k in want)
     assert read_status(run_dir)["status"] == "finished"  # type: ignore[index]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="address-space limit: Linux's RLIMIT_AS")
+def test_running_out_of_memory_in_the_fit_exits_2_naming_the_size(tmp_path: Path) -> None:
+    # Weights that fit (51 MB) but a batch whose activations do not (1437 × 400,000 floats = 2.3 GB), in a
+    # process whose address space is capped at 6 GB: the allocator's error inside the fit is exit 2 with
+    # the bytes asked for and the options to lower, no traceback, and the run recorded as failed.
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+
+    argv = [sys.executable, "-m", "lightning_mem", *TINY, "--model.net.width", "400000",
+            "--data.batch_size", "1437", "--trainer.max_epochs", "1", "--run.root", str(tmp_path),
+            "--run.id", "oom"]
+    proc = subprocess.run(argv, preexec_fn=cap, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "error: out of memory: 2.3 GB asked for at once" in proc.stderr
+    assert "lower --model.net.width or --data.batch_size" in proc.stderr
+    assert (read_status(tmp_path / "quickstart" / "oom") or {})["status"] == "failed"
