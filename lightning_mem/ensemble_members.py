@@ -220,6 +220,20 @@ def _unsupported(
                             f"{defaults[key]!r}); run these points with `lightning-mem fit`")
 
 
+def _check_distinct(members: Sequence[Member]) -> None:
+    """Two members with the same packable values (``--ensemble.seed 0,0``, ``0.1,0.10``) would be one run
+    trained twice into two folders: :class:`PackError` naming both and their values."""
+    seen: dict[tuple[str, ...], str] = {}
+    for m in members:
+        flat = _flat(m.config.as_dict())
+        values = tuple(repr(flat.get(key)) for key in PACKABLE_CONFIG)
+        if values in seen:
+            shown = ", ".join(f"{key}={value}" for key, value in zip(PACKABLE_CONFIG, values, strict=True))
+            raise PackError(f"members {seen[values]} and {m.run_id} are the same run ({shown}): give each "
+                            "value once (every member of an ensemble must differ from the others)")
+        seen[values] = m.run_id
+
+
 def pack_settings(members: Sequence[Member]) -> PackSettings:
     """The shared settings of ``members``; :class:`PackError` if they cannot be one ensemble."""
     if not members:
@@ -232,6 +246,7 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
                 raise PackError(
                     f"members {members[0].run_id} and {m.run_id} differ in {key} ({first.get(key)!r} vs "
                     f"{other.get(key)!r}); only {', '.join(PACKABLE_CONFIG)} may differ within an ensemble")
+    _check_distinct(members)
     config = members[0].config.as_dict()
     net = config["model"]["net"]
     if net.get("class_path") != STACKED_NET:

@@ -230,7 +230,12 @@ def test_a_crashed_ensemble_resumes_every_member_exactly(wild: Path, tmp_path: P
     (["--trainer.accumulate_grad_batches", "2"], "trainer.accumulate_grad_batches=2: an ensemble trains on "
      "one device in FP32 with one batch per step"),
     (["--ckpt_path", "last"], "--ckpt_path last: no ensemble with a checkpoint under"),
-], ids=["not-packable", "k-0", "empty-value", "convnet", "momentum", "accumulate", "nothing-to-resume"])
+    (["--ensemble.seed", "3,3"], "_seed3 are the same run (seed_everything=3, "
+     "model.net.init_args.init_std=0.1, model.lr="),
+    (["--ensemble.lr", "0.05,5e-2"], "are the same run (seed_everything=0, model.net.init_args.init_std=0.1, "
+     "model.lr=0.05, model.loss_scale=1.0, data.label_seed=None): give each value once"),
+], ids=["not-packable", "k-0", "empty-value", "convnet", "momentum", "accumulate", "nothing-to-resume",
+        "same-seed-twice", "same-lr-written-twice"])
 def test_bad_input_exits_2_and_writes_nothing(extra: list[str], message: str, tmp_path: Path,
                                               caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, logger="lightning_mem"):
