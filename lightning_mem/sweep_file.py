@@ -196,5 +196,9 @@ def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any
             if problem:
                 problem = problem.replace(str(args_file), "the sweep's parameters")
                 shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
-                raise ValueError(f"{path}: run {rid} ({shown}) would fail before training: {problem}; "
+                where = ""
+                if "no such file" in problem:  # the command's relative paths: from the current folder
+                    where = (" (paths in the sweep's command are relative to the folder the runner starts "
+                             f"in, {Path.cwd()}: start it from the repository root)")
+                raise ValueError(f"{path}: run {rid} ({shown}) would fail before training: {problem}{where}; "
                                  "no run was started")

@@ -629,3 +629,17 @@ def test_every_sweep_file_expands_to_commands_the_cli_accepts(
             assert built.run_dir.parent.name == argv[argv.index("--run.name") + 1]
         if "configs/logger/wandb.yaml" in cmd:
             assert [type(lg).__name__ for lg in built.trainer.loggers] == ["RunCSVLogger", "RunWandbLogger"]
+
+
+def test_a_sweep_started_outside_the_repository_names_where_its_paths_are_read(tmp_path: Path) -> None:
+    # The shipped sweeps name `configs/...` relative to the repository root; started elsewhere, the check
+    # before launch stops it (exit 2) saying where the paths were looked for, and starts nothing.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([*SWEEP_MAIN, "local", str(REPO / "sweeps" / "cpu_mnist5k.yaml"), "--root",
+                           str(tmp_path / "runs"), "--dry-run"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--config configs/quickstart.yaml: no such file" in proc.stderr
+    assert f"relative to the folder the runner starts in, {tmp_path}: start it from the repository root" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
