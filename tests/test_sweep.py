@@ -528,11 +528,14 @@ def test_bad_numbers_are_usage_errors(argv: list[str], tmp_path: Path, capsys: p
 
 @pytest.mark.slow  # four real fits and two retries: ~30-60 s on 2 shared cores
 def test_local_runs_a_real_grid_records_a_failure_and_skips_finished_runs(tmp_path: Path) -> None:
-    # 2×2: σ × lr, where lr = -1 is rejected by the module: two fits finish, two fail, none stops the rest.
+    # 2×2: σ × dataset, where MNIST is not in the (empty) data folder: the command parses (the check before
+    # launch lets it through), the run fails reading its data; two fits finish, two fail, none stops the rest.
+    data_dir = tmp_path / "no-data"
+    data_dir.mkdir()
     path = _write_sweep(tmp_path / "tiny.yaml", {
         "model.net.init_std": {"values": [0.01, 1.0]},
-        "model.lr": {"values": [0.1, -1.0]},
-        "data.dataset": {"value": "digits"},
+        "data.dataset": {"values": ["digits", "mnist"]},
+        "data.data_dir": {"value": str(data_dir)},
         "model.net.width": {"value": 16},
         "trainer.max_epochs": {"value": 1},
         "trainer.enable_progress_bar": {"value": False},
@@ -543,10 +546,10 @@ def test_local_runs_a_real_grid_records_a_failure_and_skips_finished_runs(tmp_pa
     argv = ["local", str(path), "--root", str(root), "--max-parallel", "2", "--wandb-mode", "disabled"]
     assert sweep.run(argv) == 1
     runs = _manifest(root, "tiny")["runs"]
-    by_lr: dict[float, list[dict[str, Any]]] = {}
+    by_data: dict[str, list[dict[str, Any]]] = {}
     for r in runs.values():
-        by_lr.setdefault(r["params"]["model.lr"], []).append(r)
-    for r in by_lr[0.1]:
+        by_data.setdefault(r["params"]["data.dataset"], []).append(r)
+    for r in by_data["digits"]:
         assert r["status"] == "finished" and r["returncode"] == 0
         assert 0.0 <= r["metrics"]["train/acc"] <= 1.0 and 0.0 <= r["metrics"]["val/acc"] <= 1.0
         assert r["metrics"]["epoch"] == 0.0
@@ -557,9 +560,10 @@ def test_local_runs_a_real_grid_records_a_failure_and_skips_finished_runs(tmp_pa
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert config["model"]["net"]["init_args"]["init_std"] == r["params"]["model.net.init_std"]
         assert config["run"]["id"] == run_dir.name
-    for r in by_lr[-1.0]:
-        assert r["status"] == "failed" and r["returncode"] not in (0, None)
-        assert r["reason"] == "error: lr=-1.0 must be a positive finite number"  # the CLI's message
+    for r in by_data["mnist"]:
+        assert r["status"] == "failed" and r["returncode"] == 2
+        assert r["reason"].startswith(f"error: dataset 'mnist' not found: the folder {data_dir}/MNIST/raw "
+                                      "does not exist")  # the CLI's message
     # Rerun: the finished fits are skipped, the failed ones are tried again.
     assert sweep.run(argv) == 1
     again = _manifest(root, "tiny")["runs"]
