@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from exitcodes import run_cli
 from test_data import WRITERS, no_md5  # noqa: F401  (fixture, used by name)
 
 from lightning_mem.cli import build_cli, main
@@ -124,15 +125,6 @@ def test_fit_subprocess_writes_documented_files_and_keys(tmp_path: Path) -> None
     assert proc.stderr.rstrip().splitlines()[-1] == (
         f"fit finished at epoch 2, step 46: train/acc {float(train[-1]['train/acc']):.3f}, "
         f"val/acc {float(val[-1]['val/acc']):.3f} (best {best:.3f}); run folder {run_dir}")
-
-
-def run_cli(*args: str) -> int:
-    """``main(args)`` in this process; the exit code (0 when it returns)."""
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -23,12 +23,13 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from exitcodes import run_cli
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from test_callbacks import count_host_syncs
 
 from lightning_mem.callbacks import AlignmentMonitor
-from lightning_mem.cli import EXIT_DIVERGED, main
+from lightning_mem.cli import EXIT_DIVERGED
 from lightning_mem.data import ImageClassificationData, IndexBlock
 from lightning_mem.fused import FusedSGD, check_data_device, plan_epoch
 from lightning_mem.guard import DivergedError, DivergenceGuard
@@ -374,14 +375,6 @@ class Throttle(L.Callback):
         time.sleep(0.2)
 
 
-def _cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 FUSED = ["fit", "--config", str(QUICKSTART), "--data.dataset", "digits", "--model.net.width", "16",
          "--data.batch_size", "64", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
          "--trainer.max_epochs", "4", "--model.steps_per_call", "8"]
@@ -392,8 +385,8 @@ def test_killed_fused_run_resumes_exactly_and_equals_the_ordinary_run(tmp_path: 
     """Through the CLI (AlignmentMonitor every 4 steps, guard, epoch checkpoints): SIGKILL in epoch 1, resume
     with ``--ckpt_path last``: weights and metrics.csv equal the uninterrupted fused run's, which equal the
     ordinary run's (``--model.steps_per_call 1``)."""
-    assert _cli(*FUSED, "--run.root", str(tmp_path), "--run.id", "ref") == 0
-    assert _cli(*FUSED[:-1], "1", "--run.root", str(tmp_path), "--run.id", "ordinary") == 0
+    assert run_cli(*FUSED, "--run.root", str(tmp_path), "--run.id", "ref") == 0
+    assert run_cli(*FUSED[:-1], "1", "--run.root", str(tmp_path), "--run.id", "ordinary") == 0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     cmd = [str(EXE), *FUSED, "--run.root", str(tmp_path), "--run.id", "killed",
            "--trainer.callbacks+=test_fused.Throttle"]
@@ -410,7 +403,7 @@ def test_killed_fused_run_resumes_exactly_and_equals_the_ordinary_run(tmp_path: 
     assert proc.returncode == -signal.SIGKILL
     ckpt = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] < 4 * STEPS_PER_EPOCH
-    assert _cli(*FUSED, "--run.root", str(tmp_path), "--ckpt_path", "last", "--run.id", "killed") == 0
+    assert run_cli(*FUSED, "--run.root", str(tmp_path), "--ckpt_path", "last", "--run.id", "killed") == 0
 
     runs = {name: tmp_path / "quickstart" / name for name in ("ref", "ordinary", "killed")}
     states = {name: torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -427,14 +420,14 @@ def test_killed_fused_run_resumes_exactly_and_equals_the_ordinary_run(tmp_path: 
 
 def test_cli_refuses_unsupported_trainer_settings_before_the_run(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(*FUSED, "--trainer.accumulate_grad_batches", "2", "--run.root", str(tmp_path)) == 2
+    assert run_cli(*FUSED, "--trainer.accumulate_grad_batches", "2", "--run.root", str(tmp_path)) == 2
     err = capsys.readouterr().err
     assert "steps_per_call=8 cannot run with accumulate_grad_batches=2 (one batch per SGD step)" in err
     assert "Traceback" not in err and not (tmp_path / "quickstart").exists()
 
 
 def test_cli_refuses_a_fused_run_with_momentum(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(*FUSED, "--model.momentum", "0.9", "--run.root", str(tmp_path)) == 2
+    assert run_cli(*FUSED, "--model.momentum", "0.9", "--run.root", str(tmp_path)) == 2
     assert "steps_per_call=8 runs plain SGD only, not momentum=0.9" in capsys.readouterr().err
     assert not (tmp_path / "quickstart").exists()
 
@@ -451,4 +444,4 @@ def test_compile_backend_is_close_to_the_ordinary_run(tmp_path: Path) -> None:
 def test_diverged_fused_run_through_the_cli_exits_3(tmp_path: Path) -> None:
     diverges = ["--model.net.width", "128", "--model.net.activation", "relu", "--model.net.init_std", "10",
                 "--model.loss", "squared", "--model.lr", "0.03"]
-    assert _cli(*FUSED, *diverges, "--run.root", str(tmp_path), "--run.id", "div") == EXIT_DIVERGED
+    assert run_cli(*FUSED, *diverges, "--run.root", str(tmp_path), "--run.id", "div") == EXIT_DIVERGED

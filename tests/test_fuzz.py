@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from exitcodes import exit_code
 
 from lightning_mem.cli import check_args
 from lightning_mem.commands import main
@@ -38,11 +39,7 @@ def run_tool(argv: list[str], capsys: pytest.CaptureFixture[str], caplog: pytest
     """(exit code, everything written to stdout, stderr and the log) of ``lightning-mem argv``."""
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        try:
-            main(argv)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = exit_code(main, argv)
     out = capsys.readouterr()
     return code, out.out + out.err + caplog.text
 
@@ -225,7 +222,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Damaged and misplaced files of every kind, built once, and a real finished run (width 32)."""
     tmp = tmp_path_factory.mktemp("fuzz_files")
     real = tmp / "real"
-    assert main_code([*FIT, "--model.net.width", "32", "--run.root", str(real), "--run.id", "w32"]) == 0
+    assert exit_code(main, [*FIT, "--model.net.width", "32", "--run.root", str(real), "--run.id", "w32"]) == 0
     run_dir = real / "quickstart" / "w32"
     ckpt = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
     made: dict[str, Path] = {"run": run_dir, "real_root": real}
@@ -276,14 +273,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (tmp / "empty_dir").mkdir()
     made["a_dir"], made["empty_dir"], made["tmp"] = tmp / "a_dir", tmp / "empty_dir", tmp
     return made
-
-
-def main_code(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def _sweep_file(tmp: Path, name: str) -> Path:

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 import torch
+from exitcodes import run_cli
 
 from lightning_mem import rundir
-from lightning_mem.cli import main
 from lightning_mem.runlog import load_runs
 
 TESTS = Path(__file__).resolve().parent
@@ -61,14 +61,6 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LIGHTNING_MEM_RUN_ID"}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     return {**env, **extra}
-
-
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def fit_killed(root: Path, point: str, sig: str, run_id: str = "k", *extra: str

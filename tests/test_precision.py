@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 import lightning as L
 import pytest
 import torch
+from exitcodes import run_cli
 
 from lightning_mem import precision
-from lightning_mem.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--data.dataset", "digits",
@@ -34,14 +34,6 @@ class ReadTF32(L.Callback):
         # torch.get_float32_matmul_precision() raises when the legacy and new APIs were mixed (torch 2.14);
         # Lightning and grams.py call it, so it must stay readable.
         ReadTF32.seen.append({**precision.tf32_state(), "get": torch.get_float32_matmul_precision()})
-
-
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture

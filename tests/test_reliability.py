@@ -21,11 +21,12 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from exitcodes import run_cli
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from test_data import no_md5  # noqa: F401  (fixture: torchvision's md5 checks off for fake files)
 
-from lightning_mem.cli import EXIT_DIVERGED, main
+from lightning_mem.cli import EXIT_DIVERGED
 from lightning_mem.data import ImageClassificationData
 from lightning_mem.guard import DivergedError, DivergenceGuard, RunStatus
 from lightning_mem.module import MemorizationModule
@@ -65,15 +66,6 @@ def load_ckpt(path: Path) -> dict[str, Any]:
 
 def finite(state_dict: dict[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state_dict.values() if v.is_floating_point())
-
-
-def run_cli(*args: str) -> int:
-    """``main(args)`` in this process; the exit code (0 when it returns)."""
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 # ---------------------------------------------------------------- DivergenceGuard and RunStatus on a Trainer
