@@ -65,8 +65,8 @@ def _trainer_arm(arm: str, warmup: int, steps: int, threads: int) -> tuple[float
     from lightning.pytorch.loggers import Logger
     from torch.utils.data import DataLoader
 
-    from lightning_mem.callbacks import AlignmentMonitor
-    from lightning_mem.module import MemorizationModule
+    from lightning_mem.alignment.monitor import AlignmentMonitor
+    from lightning_mem.training.module import MemorizationModule
 
     class NullLogger(Logger):  # the monitor only measures when a logger is attached: same in every arm
         name, version = "null", 0
@@ -112,8 +112,8 @@ def _reference_arm(steps: int, threads: int, mode: str) -> tuple[float, float]:
     """(wall, CPU) seconds per measured step of a per-example loop (measurement only)."""
     import torch
 
-    from lightning_mem.alignment import class_alignment_from_sums
-    from lightning_mem.losses import cross_entropy
+    from lightning_mem.alignment.measures import class_alignment_from_sums
+    from lightning_mem.training.losses import cross_entropy
 
     net, batches = _setup(threads)
     params = [net.hidden.weight, net.out.weight]

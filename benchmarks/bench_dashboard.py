@@ -26,7 +26,7 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_mem import rundir
-from lightning_mem.dashboard import write_html
+from lightning_mem.results.dashboard import write_html
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_mem.data import TensorBatchLoader, corrupt_labels, per_image_standardize
+from lightning_mem.data.datamodule import TensorBatchLoader, corrupt_labels, per_image_standardize
 
 
 def torch_index_select(tensors: tuple[Tensor, ...], batch_size: int) -> Iterator[tuple[Tensor, ...]]:

@@ -17,7 +17,8 @@ Modes (``--modes``, comma-separated; ratios side by side in one run):
   through ``fit_ensemble`` (alignment once per epoch) and of a raw stacked loop (no Lightning), and of
   one single run through Lightning; projected time of the Section 3 grid (45 runs, ``--epochs``).
 - ``layout``: raw steps of K = ``--layout-k`` members each way the ensemble could batch them (the measurement
-  behind the choice in :mod:`lightning_mem.ensemble`): autograd through ``x @ W.mT``, ``vmap(grad)`` over
+  behind the choice in :mod:`lightning_mem.ensemble.stacked`): autograd through ``x @ W.mT``,
+  ``vmap(grad)`` over
   ``stack_module_state``, the stacked linear used, and K separate nets one after another.
 - ``sweep`` (``--sweep``): the real ``lightning-mem sweep local FILE --max-parallel N`` with and without
   ``--pack``, one after the other (alternating over ``--rounds``), for each of ``--sweep-files`` (default
@@ -57,16 +58,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
-from lightning_mem.callbacks import AlignmentMonitor
-from lightning_mem.data import ImageClassificationData, TensorBatchLoader, per_image_standardize
-from lightning_mem.ensemble import MemberSpec, StackedMLP
-from lightning_mem.ensemble_data import MemberBatchLoader
-from lightning_mem.ensemble_module import EnsembleModule
-from lightning_mem.ensemble_monitor import EnsembleAlignmentMonitor
-from lightning_mem.ensemble_run import build_ensemble, fit_ensemble
-from lightning_mem.guard import DivergenceGuard
-from lightning_mem.module import MemorizationModule
+from lightning_mem.alignment.monitor import AlignmentMonitor
+from lightning_mem.data.datamodule import ImageClassificationData, TensorBatchLoader, per_image_standardize
+from lightning_mem.ensemble.data import MemberBatchLoader
+from lightning_mem.ensemble.module import EnsembleModule
+from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
+from lightning_mem.ensemble.stacked import MemberSpec, StackedMLP
+from lightning_mem.ensemble.train import build_ensemble, fit_ensemble
 from lightning_mem.nets import ScaledMLP
+from lightning_mem.training.guard import DivergenceGuard
+from lightning_mem.training.module import MemorizationModule
 
 SIGMAS = (0.001, 0.01, 0.1, 1.0, 10.0)
 

@@ -1,6 +1,7 @@
 """The paper's MLP and ConvNet on one GPU: the training step, a real run's epochs, ensembles of the MLP.
 
-Everything runs in full FP32 (the CLI's precision policy, ``lightning_mem.precision.tf32_policy``: TF32 off
+Everything runs in full FP32 (the CLI's precision policy, ``lightning_mem.training.precision.tf32_policy``:
+TF32 off
 for matmuls and cuDNN convolutions) unless ``--tf32``. Data: ``--n`` random CIFAR-shaped images (3, 32, 32),
 per-image standardized, 10 random classes, held on the device (CIFAR-10: 50,000 and 10,000 held out;
 batch 256, 196 steps per epoch). Sized to finish in about 5 minutes on an H100/H200.
@@ -53,15 +54,20 @@ import torchvision.datasets
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 
-from lightning_mem.callbacks import AlignmentMonitor
-from lightning_mem.cli import main as cli_main
-from lightning_mem.data import IndexBlock, TensorBatchLoader, per_image_standardize, training_loader
-from lightning_mem.fused import FusedSGD
-from lightning_mem.guard import DivergenceGuard, RunStatus
-from lightning_mem.losses import cross_entropy
-from lightning_mem.module import MemorizationModule
+from lightning_mem.alignment.monitor import AlignmentMonitor
+from lightning_mem.cli.commands import main as cli_main
+from lightning_mem.data.datamodule import (
+    IndexBlock,
+    TensorBatchLoader,
+    per_image_standardize,
+    training_loader,
+)
 from lightning_mem.nets import ConvNet, ScaledMLP
-from lightning_mem.precision import tf32_policy
+from lightning_mem.training.fused import FusedSGD
+from lightning_mem.training.guard import DivergenceGuard, RunStatus
+from lightning_mem.training.losses import cross_entropy
+from lightning_mem.training.module import MemorizationModule
+from lightning_mem.training.precision import tf32_policy
 
 REPO = Path(__file__).resolve().parents[1]
 NETS: dict[str, Callable[[], nn.Module]] = {

@@ -11,7 +11,8 @@ the device, and their final epoch losses must agree. The Lightning arms are a re
 - hand: the loop a researcher writes by hand;
 - Lightning: ``MemorizationModule()`` (one SGD step per Lightning step);
 - fused: ``MemorizationModule(steps_per_call=k)`` (``--steps-per-call``, default 16): up to k SGD steps per
-  Lightning step through ``lightning_mem.fused`` (eager on a CPU; groups also end at the guard's reads,
+  Lightning step through ``lightning_mem.training.fused`` (eager on a CPU; groups also end at the guard's
+  reads,
   every 20 steps). Its final loss must equal the Lightning arm's exactly.
 
 The arms alternate, ``--repeats`` times each, after one warm-up run each; the table shows the median
@@ -41,11 +42,11 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
-from lightning_mem.data import TensorBatchLoader, training_loader
-from lightning_mem.guard import DivergenceGuard, RunStatus
-from lightning_mem.losses import cross_entropy
-from lightning_mem.module import MemorizationModule
+from lightning_mem.data.datamodule import TensorBatchLoader, training_loader
 from lightning_mem.nets import ScaledMLP
+from lightning_mem.training.guard import DivergenceGuard, RunStatus
+from lightning_mem.training.losses import cross_entropy
+from lightning_mem.training.module import MemorizationModule
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lightning_mem import cli
+from lightning_mem.cli import commands
 
 
 def exit_code(entry: Callable[[list[str]], Any], argv: Sequence[str]) -> int:
@@ -19,5 +19,6 @@ def exit_code(entry: Callable[[list[str]], Any], argv: Sequence[str]) -> int:
 
 
 def run_cli(*args: str) -> int:
-    """``lightning_mem.cli.main(args)`` (``fit|validate|test ...``) in this process; its exit code."""
-    return exit_code(cli.main, args)
+    """``lightning_mem.cli.commands.main(args)`` (``fit|validate|test ...``) in this process; its exit
+    code."""
+    return exit_code(commands.main, args)

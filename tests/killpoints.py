@@ -21,9 +21,9 @@ from typing import Any
 
 import lightning as L
 
-import lightning_mem.guard as guard
+import lightning_mem.training.guard as guard
 from lightning_mem import rundir
-from lightning_mem.checkpoints import RunCheckpointIO
+from lightning_mem.training.checkpoints import RunCheckpointIO
 
 POINTS = {
     "batch": "after the optimizer step that makes global_step == n (mid-epoch unless n ends an epoch)",

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_mem.alignment import (
+from lightning_mem.alignment.grams import gram
+from lightning_mem.alignment.measures import (
     MEASURES,
     alignment,
     class_alignment,
@@ -21,9 +22,8 @@ from lightning_mem.alignment import (
     gradient_alignment,
     representation_alignment,
 )
-from lightning_mem.grams import gram
-from lightning_mem.losses import LOSSES
 from lightning_mem.nets import ACTIVATIONS, ConvNet, ScaledMLP
+from lightning_mem.training.losses import LOSSES
 
 # ----------------------------------------------------------------------------- references
 

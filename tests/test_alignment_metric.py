@@ -10,8 +10,9 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from test_callbacks import RecordingLogger
 
-from lightning_mem.alignment import PerClass, class_alignment, class_measures_from_gram
-from lightning_mem.alignment_metric import (
+from lightning_mem.alignment.grams import gram
+from lightning_mem.alignment.measures import PerClass, class_alignment, class_measures_from_gram
+from lightning_mem.alignment.metric import (
     ClassAlignment,
     DeviceRows,
     Row,
@@ -19,7 +20,6 @@ from lightning_mem.alignment_metric import (
     metric_key,
     shard_take,
 )
-from lightning_mem.grams import gram
 
 
 @pytest.mark.parametrize(

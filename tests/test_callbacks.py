@@ -19,11 +19,11 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_mem.alignment import gradient_alignment, representation_alignment
-from lightning_mem.callbacks import AlignmentMonitor
-from lightning_mem.data import ImageClassificationData
-from lightning_mem.module import MemorizationModule
+from lightning_mem.alignment.measures import gradient_alignment, representation_alignment
+from lightning_mem.alignment.monitor import AlignmentMonitor
+from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.nets import ConvNet, ScaledMLP
+from lightning_mem.training.module import MemorizationModule
 
 SHAPE = (1, 4, 4)
 pytestmark = [

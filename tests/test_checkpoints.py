@@ -1,4 +1,5 @@
-"""Tests of lightning_mem.checkpoints on real checkpoints written by a Lightning Trainer, and on damaged
+"""Tests of lightning_mem.training.checkpoints on real checkpoints written by a Lightning Trainer, and on
+damaged
 files (empty, truncated, random bytes, a torch file that is not a checkpoint)."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import pytest
 import torch
 
 from lightning_mem import rundir
-from lightning_mem.checkpoints import (
+from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.nets import ScaledMLP
+from lightning_mem.training.checkpoints import (
     CheckpointError,
     config_differences,
     default_overrides,
@@ -20,9 +23,7 @@ from lightning_mem.checkpoints import (
     model_config,
     state_differences,
 )
-from lightning_mem.data import ImageClassificationData
-from lightning_mem.module import MemorizationModule
-from lightning_mem.nets import ScaledMLP
+from lightning_mem.training.module import MemorizationModule
 
 # The hparams record LightningCLI leaves in a checkpoint of this package (a fit's last.ckpt, abridged).
 CLI_HPARAMS = {
@@ -140,7 +141,7 @@ def test_random_bytes_never_escape_as_another_error(tmp_path: Path) -> None:
 
 
 def test_run_checkpoint_io_writes_whole_files_only(tmp_path: Path) -> None:
-    from lightning_mem.checkpoints import RunCheckpointIO
+    from lightning_mem.training.checkpoints import RunCheckpointIO
 
     io = RunCheckpointIO()
     target = tmp_path / "checkpoints" / "last.ckpt"
@@ -160,7 +161,7 @@ def test_run_checkpoint_io_writes_whole_files_only(tmp_path: Path) -> None:
 
 
 def test_held_checkpoints_appear_only_when_published(tmp_path: Path) -> None:
-    from lightning_mem.checkpoints import RunCheckpointIO
+    from lightning_mem.training.checkpoints import RunCheckpointIO
 
     io = RunCheckpointIO()
     folder = tmp_path / "checkpoints"
@@ -194,7 +195,7 @@ def test_a_fit_publishes_each_epoch_after_its_rows(tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from lightning_mem.checkpoints import CheckpointPublisher, install_checkpoint_io
+    from lightning_mem.training.checkpoints import CheckpointPublisher, install_checkpoint_io
 
     seen: list[tuple[str, int, bool, bool]] = []
 

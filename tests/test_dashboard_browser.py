@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from test_wandb import read_wandb_records, wandb_config
 
-from lightning_mem.dashboard import main
+from lightning_mem.results.dashboard import main
+from lightning_mem.results.workspace import build, spec
 from lightning_mem.rundir import HP_KEYS
-from lightning_mem.workspace import build, spec
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

@@ -18,8 +18,8 @@ import scipy.io
 import torch
 import torchvision.datasets
 
-from lightning_mem import data as data_mod
-from lightning_mem.data import (
+from lightning_mem.data import datamodule as data_mod
+from lightning_mem.data.datamodule import (
     DATASETS,
     DatasetName,
     ImageClassificationData,

@@ -24,9 +24,9 @@ import yaml
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DistributedSampler
 
-from lightning_mem.alignment import representation_alignment
-from lightning_mem.cli import main
-from lightning_mem.data import ImageClassificationData
+from lightning_mem.alignment.measures import representation_alignment
+from lightning_mem.cli.commands import main
+from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.nets import ScaledMLP
 
 REPO = Path(__file__).resolve().parents[1]

@@ -69,7 +69,7 @@ def test_entrypoint_is_the_cli(docker: list[tuple[str, str]]) -> None:
 
 def test_the_wandb_agent_form_is_documented() -> None:
     # `docker run ... lightning-mem wandb agent ...`: the image's entrypoint runs W&B's CLI
-    # (lightning_mem.commands.PASSTHROUGH, tested in test_commands). Each comment line of the example,
+    # (lightning_mem.cli.commands.PASSTHROUGH, tested in test_commands). Each comment line of the example,
     # joined, is one docker command.
     lines = [ln.lstrip("#").strip() for ln in DOCKERFILE.read_text().splitlines() if ln.startswith("#")]
     commands = " ".join(ln.rstrip("\\").strip() for ln in lines).split("docker run")[1:]

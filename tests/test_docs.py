@@ -15,10 +15,11 @@ from unittest import mock
 
 import pytest
 
-from lightning_mem.cli import main as cli_main
-from lightning_mem.report import summary_table
+from lightning_mem.cli.commands import main as cli_main
+from lightning_mem.results.grouping import Keys, Layout, run_numbers
+from lightning_mem.results.report import summary_table
+from lightning_mem.results.runs import load_runs
 from lightning_mem.rundir import write_manifest
-from lightning_mem.runlog import Keys, Layout, load_runs, run_numbers
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))

@@ -25,16 +25,16 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_mem.callbacks import AlignmentMonitor
-from lightning_mem.data import ImageClassificationData
-from lightning_mem.ensemble import MemberSGD, MemberSpec, StackedMLP, member_net
-from lightning_mem.ensemble_data import EnsembleData
-from lightning_mem.ensemble_module import EnsembleModule
-from lightning_mem.ensemble_monitor import EnsembleAlignmentMonitor
-from lightning_mem.ensemble_run import PACKABLE_KEYS, build_ensemble, fit_ensemble
-from lightning_mem.guard import DivergedError, DivergenceGuard
-from lightning_mem.module import MemorizationModule
+from lightning_mem.alignment.monitor import AlignmentMonitor
+from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.ensemble.data import EnsembleData
+from lightning_mem.ensemble.module import EnsembleModule
+from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
+from lightning_mem.ensemble.stacked import MemberSGD, MemberSpec, StackedMLP, member_net
+from lightning_mem.ensemble.train import PACKABLE_KEYS, build_ensemble, fit_ensemble
 from lightning_mem.nets import ScaledMLP
+from lightning_mem.training.guard import DivergedError, DivergenceGuard
+from lightning_mem.training.module import MemorizationModule
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-4, 1e-6
@@ -179,7 +179,7 @@ def test_member_spec_rejects_bad_values() -> None:
 
 
 def test_initial_weights_are_those_of_the_cli_run_bitwise(tmp_path: Path) -> None:
-    from lightning_mem.cli import build_cli
+    from lightning_mem.cli.fit import build_cli
 
     members = [MemberSpec(3, 10.0), MemberSpec(0, None), MemberSpec(7, 0.01)]
     net = StackedMLP.from_members(members, (1, 8, 8), 10, width=32, activation="sin")
@@ -261,9 +261,9 @@ def test_member_sgd_is_torch_sgd_bitwise() -> None:
 def test_in_class_gram_blocks_give_the_measures_of_full_grams() -> None:
     """The monitor's in-class blocks against full per-member Grams from grams.py (the single run's path),
     with a class absent from one member's batch and a class with a single example in another."""
-    from lightning_mem.alignment import class_measures_from_gram
-    from lightning_mem.ensemble_monitor import StackedCapture
-    from lightning_mem.grams import gram, linear_grams
+    from lightning_mem.alignment.grams import gram, linear_grams
+    from lightning_mem.alignment.measures import class_measures_from_gram
+    from lightning_mem.ensemble.monitor import StackedCapture
 
     K, B, C = 3, 40, 5
     net = StackedMLP((6,), C, 16, "sin", [1.0] * K)
@@ -451,7 +451,7 @@ def test_bad_combinations_are_refused() -> None:
 def test_packed_grid_matches_cli_single_runs(tmp_path: Path) -> None:
     """2 σ × 2 seeds on digits, 8 epochs, width 256, label noise and a class-balanced subset: each
     member against its single run from the real CLI (``lightning-mem fit`` in-process)."""
-    from lightning_mem.cli import main
+    from lightning_mem.cli.commands import main
 
     members = [MemberSpec(s, sigma, lr=0.1) for sigma in (0.01, 10.0) for s in (0, 1)]
     data = {"dataset": "digits", "batch_size": 128, "label_noise": 0.25, "train_subset": 1000}

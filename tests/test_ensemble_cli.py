@@ -24,9 +24,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lightning_mem import commands, rundir
-from lightning_mem.ensemble_fit import prepare_pack
-from lightning_mem.ensemble_plan import read_pack
+from lightning_mem import rundir
+from lightning_mem.cli import commands
+from lightning_mem.ensemble.pack import prepare_pack
+from lightning_mem.ensemble.plan import read_pack
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-4, 1e-6
@@ -125,7 +126,7 @@ def test_a_member_checkpoint_alone_validates(grid: dict[str, Any], tmp_path: Pat
 def test_report_sees_ordinary_runs(grid: dict[str, Any], tmp_path: Path) -> None:
     """``report`` writes the same summary; the runs ``report`` and ``dashboard`` load (``runlog``) have the
     same canonical hyperparameters, config, status and metric keys as the single runs'."""
-    from lightning_mem.runlog import load_runs
+    from lightning_mem.results.runs import load_runs
 
     packed, single = (load_runs([root / "g"], statuses=None) for root in (grid["root"], grid["single_root"]))
     assert [r.path.name for r in packed] == [r.path.name for r in single] and len(packed) == 4
@@ -189,7 +190,7 @@ def test_a_crashed_ensemble_resumes_every_member_exactly(wild: Path, tmp_path: P
     crashed = tmp_path / "crashed"
     argv = _wild(crashed, "e")
     # the ensemble as the CLI builds it, with a crash at the start of epoch 2 (after epoch 1's checkpoint)
-    from lightning_mem import ensemble_cli
+    from lightning_mem.ensemble import command as ensemble_cli
 
     args, fit_args = ensemble_cli.parser().parse_known_args(argv[1:])
     pack_dir, members, _ = ensemble_cli._direct(args, fit_args)

@@ -12,8 +12,9 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from lightning_mem import figures
-from lightning_mem.runlog import Keys, Layout, load_runs
+from lightning_mem.results import figures
+from lightning_mem.results.grouping import Keys, Layout
+from lightning_mem.results.runs import load_runs
 
 
 def _run(root: Path, name: str, sigma: float, seed: int, rows: list[str], header: str) -> None:

@@ -1,4 +1,4 @@
-"""The fused training step (``MemorizationModule(steps_per_call > 1)``, :mod:`lightning_mem.fused`).
+"""The fused training step (``MemorizationModule(steps_per_call > 1)``, :mod:`lightning_mem.training.fused`).
 
 Against the ordinary training step (``steps_per_call=1``) on real Trainers: bitwise-equal weights and
 ``metrics.csv`` over hundreds of steps (CPU; the eager fused path and the CUDA graph's bookkeeping emulated
@@ -28,13 +28,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from test_callbacks import count_host_syncs
 
-from lightning_mem.callbacks import AlignmentMonitor
-from lightning_mem.cli import EXIT_DIVERGED
-from lightning_mem.data import ImageClassificationData, IndexBlock
-from lightning_mem.fused import FusedSGD, check_data_device, plan_epoch
-from lightning_mem.guard import DivergedError, DivergenceGuard
-from lightning_mem.module import MemorizationModule
+from lightning_mem.alignment.monitor import AlignmentMonitor
+from lightning_mem.cli.fit import EXIT_DIVERGED
+from lightning_mem.data.datamodule import ImageClassificationData, IndexBlock
 from lightning_mem.nets import ConvNet, ScaledMLP
+from lightning_mem.training.fused import FusedSGD, check_data_device, plan_epoch
+from lightning_mem.training.guard import DivergedError, DivergenceGuard
+from lightning_mem.training.module import MemorizationModule
 
 TESTS = Path(__file__).resolve().parent
 QUICKSTART = TESTS.parent / "configs" / "quickstart.yaml"
@@ -259,7 +259,7 @@ def test_cuda_graph_capture_equals_the_ordinary_step(tmp_path: Path) -> None:
     """On a GPU (data on the device, FP32, TF32 off): 115 steps replayed from the captured graphs equal the
     ordinary step's to rtol 1e-5 (the same kernels: expected bitwise; the tolerance allows a cuBLAS choice
     that differs under capture)."""
-    from lightning_mem.precision import tf32_policy
+    from lightning_mem.training.precision import tf32_policy
 
     with tf32_policy(False):
         kwargs: dict[str, Any] = {"accelerator": "gpu", "devices": 1, "epochs": 5}

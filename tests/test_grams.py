@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_mem.grams import GramCapture, conv2d_per_example_grads, gram, ieee_fp32, linear_grams
+from lightning_mem.alignment.grams import GramCapture, conv2d_per_example_grads, gram, ieee_fp32, linear_grams
 
 # ----------------------------------------------------------------------------- Gram builders
 

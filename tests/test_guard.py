@@ -16,11 +16,11 @@ from lightning.pytorch.loggers import CSVLogger
 from test_callbacks import count_host_syncs
 from test_reliability import Poison
 
-from lightning_mem.callbacks import AlignmentMonitor
-from lightning_mem.data import ImageClassificationData
-from lightning_mem.guard import DivergedError, DivergenceGuard
-from lightning_mem.module import MemorizationModule
+from lightning_mem.alignment.monitor import AlignmentMonitor
+from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.nets import ScaledMLP
+from lightning_mem.training.guard import DivergedError, DivergenceGuard
+from lightning_mem.training.module import MemorizationModule
 
 STEPS_PER_EPOCH = 12  # digits: ceil(1437 / 128)
 

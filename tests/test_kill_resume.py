@@ -28,7 +28,7 @@ import torch
 from exitcodes import run_cli
 
 from lightning_mem import rundir
-from lightning_mem.runlog import load_runs
+from lightning_mem.results.runs import load_runs
 
 TESTS = Path(__file__).resolve().parent
 QUICKSTART = TESTS.parent / "configs" / "quickstart.yaml"

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from lightning_mem.launch import gpu_slots
+from lightning_mem.sweeps.launch import gpu_slots
 
-SWEEP_MAIN = [sys.executable, "-c", "import sys; from lightning_mem.sweep import main; main(sys.argv[1:])"]
+SWEEP_MAIN = [sys.executable, "-c",
+              "import sys; from lightning_mem.sweeps.command import main; main(sys.argv[1:])"]
 
 
 @pytest.mark.parametrize(("gpus", "per_run", "visible", "slots"), [

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lightning_mem.losses import LOSSES, cross_entropy, multiclass_hinge, squared_error
+from lightning_mem.training.losses import LOSSES, cross_entropy, multiclass_hinge, squared_error
 
 LOGITS = torch.tensor([[2.0, 1.0, -1.0], [0.5, 0.5, 3.0]])
 LABELS = torch.tensor([0, 1])

@@ -6,10 +6,10 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_mem.data import ImageClassificationData
-from lightning_mem.losses import LOSSES
-from lightning_mem.module import MemorizationModule
+from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.nets import ScaledMLP
+from lightning_mem.training.losses import LOSSES
+from lightning_mem.training.module import MemorizationModule
 
 
 def _fit(tmp_path, label_noise: float = 0.0, loss: str = "cross_entropy", epochs: int = 2):

@@ -23,8 +23,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from lightning_mem import commands, ensemble_plan, rundir, sweep, sweep_runner
-from lightning_mem.ensemble_plan import fit_args, group_key, net_class, pack_id, plan_packs, unpackable_reason
+from lightning_mem import rundir
+from lightning_mem.cli import commands
+from lightning_mem.ensemble import plan as ensemble_plan
+from lightning_mem.ensemble.plan import fit_args, group_key, net_class, pack_id, plan_packs, unpackable_reason
+from lightning_mem.sweeps import command as sweep
+from lightning_mem.sweeps import runner as sweep_runner
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-4, 1e-6  # the ensemble's tolerance (tests/test_ensemble.py)
@@ -266,7 +270,8 @@ def test_a_killed_packed_sweep_resumes_each_run_exactly(tmp_path: Path) -> None:
 
 
 def sweep_main() -> list[str]:
-    return [sys.executable, "-c", "import sys; from lightning_mem.sweep import main; main(sys.argv[1:])"]
+    return [sys.executable, "-c",
+            "import sys; from lightning_mem.sweeps.command import main; main(sys.argv[1:])"]
 
 
 def _wait_dead(pid: int) -> None:

@@ -1,4 +1,5 @@
-"""Tests of lightning_mem.precision and of the policy as the CLI applies it: full FP32 by default (flags read
+"""Tests of lightning_mem.training.precision and of the policy as the CLI applies it: full FP32 by default
+(flags read
 back during a real fit), TF32 or 16-bit only when asked, refused for sin/sigmoid/tanh nets at σ ≥ 1 unless
 accepted, then a warning naming the error. The error figures come from benchmarks/bench_precision.py,
 whose TF32 rounding is checked here against exact values."""
@@ -16,7 +17,7 @@ import pytest
 import torch
 from exitcodes import run_cli
 
-from lightning_mem import precision
+from lightning_mem.training import precision
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--data.dataset", "digits",

@@ -1,8 +1,9 @@
-"""Reliability: divergence stops a run cleanly (lightning_mem.guard), a killed run resumes exactly, bad input
+"""Reliability: divergence stops a run cleanly (lightning_mem.training.guard), a killed run resumes
+exactly, bad input
 fails before training without touching earlier runs, same seed gives the same metrics, and concurrent
 runs keep to their own folders.
 
-Runs go through the real CLI (``lightning_mem.cli.main``) on scikit-learn's 8×8 digits (1,437 train
+Runs go through the real CLI (``lightning_mem.cli.commands.main``) on scikit-learn's 8×8 digits (1,437 train
 images: 23 steps of 64 per epoch); the kill tests start a real ``lightning-mem fit`` subprocess.
 """
 
@@ -26,12 +27,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from test_data import no_md5  # noqa: F401  (fixture: torchvision's md5 checks off for fake files)
 
-from lightning_mem.cli import EXIT_DIVERGED
-from lightning_mem.data import ImageClassificationData
-from lightning_mem.guard import DivergedError, DivergenceGuard, RunStatus
-from lightning_mem.module import MemorizationModule
+from lightning_mem.cli.fit import EXIT_DIVERGED
+from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.nets import ScaledMLP
 from lightning_mem.rundir import FolderLock, read_hp, read_status
+from lightning_mem.training.guard import DivergedError, DivergenceGuard, RunStatus
+from lightning_mem.training.module import MemorizationModule
 
 TESTS = Path(__file__).resolve().parent
 QUICKSTART = TESTS.parent / "configs" / "quickstart.yaml"
@@ -369,7 +370,7 @@ def _sweep_cases() -> list[Any]:
 def test_malformed_sweep_yaml_is_rejected(
     text: str, parts: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sweep = pytest.importorskip("lightning_mem.sweep", reason="lightning_mem/sweep.py is absent")
+    sweep = pytest.importorskip("lightning_mem.sweeps.command", reason="lightning_mem/sweep.py is absent")
     path = tmp_path / "s.yaml"
     path.write_text(text)
     assert sweep.run(["local", str(path), "--root", str(tmp_path / "runs"), "--dry-run"]) == 2

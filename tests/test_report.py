@@ -15,9 +15,10 @@ from unittest import mock
 import pytest
 from matplotlib.image import imread
 
-from lightning_mem.cli import main as cli_main
-from lightning_mem.report import main
-from lightning_mem.runlog import flatten, load_runs, swept_keys
+from lightning_mem.cli.commands import main as cli_main
+from lightning_mem.results.grouping import swept_keys
+from lightning_mem.results.report import main
+from lightning_mem.results.runs import flatten, load_runs
 
 SIGMAS = ("0.01", "10.0")
 SEEDS = ("0", "1")
@@ -165,7 +166,7 @@ def test_skips_figures_without_their_metrics(runs_root: Path, tmp_path: Path, ca
 
 
 def test_report_imports_neither_torch_nor_lightning() -> None:
-    code = ("import sys\nfrom lightning_mem.report import main\ntry:\n    main(['--help'])\n"
+    code = ("import sys\nfrom lightning_mem.results.report import main\ntry:\n    main(['--help'])\n"
             "except SystemExit as e:\n    assert e.code == 0\n"
             "print(sorted(m for m in ('torch', 'lightning', 'wandb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -346,7 +346,7 @@ def test_a_header_rewrite_replaces_the_file_instead_of_truncating_it(tmp_path: P
     """RunCSVLogger's writer rewrites for a new key by renaming a complete new file over the old one: a
     reader (or a kill) meets the old file or the new, never a truncated one. Lightning's own writer
     truncates in place, which a handle opened before the rewrite sees as an empty file."""
-    from lightning_mem.loggers import RunCSVLogger
+    from lightning_mem.training.loggers import RunCSVLogger
 
     logger = RunCSVLogger(str(tmp_path), name="", version="")
     logger.log_metrics({"train/loss": 1.5, "epoch": 0}, step=3)

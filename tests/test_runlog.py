@@ -15,8 +15,8 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_mem import rundir
+from lightning_mem.results.runs import load_runs
 from lightning_mem.rundir import RunDirError
-from lightning_mem.runlog import load_runs
 
 
 def config(sigma: float | None = 0.01, seed: int = 0, activation: str = "sin", momentum: float = 0.0,

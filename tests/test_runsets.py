@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from test_runlog import Rows, config, epoch_rows, write_run
 
-from lightning_mem.runlog import load_runs
-from lightning_mem.runsets import (
+from lightning_mem.results.grouping import (
     Keys,
     Layout,
     fmt_mean_std,
@@ -24,6 +23,7 @@ from lightning_mem.runsets import (
     run_numbers,
     varied_keys,
 )
+from lightning_mem.results.runs import load_runs
 
 # ---------------------------------------------------------------- grouping
 

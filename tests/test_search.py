@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lightning_mem import search
-from lightning_mem.search import SearchError
+from lightning_mem.sweeps import search
+from lightning_mem.sweeps.search import SearchError
 
 PINNED_0 = {"a": 0.6220477394807132, "b": 4}  # seed 0, point 0 (b: the second draw of the stream)
 PINNED_1 = {"a": 0.37637117568106115, "b": 1}

@@ -23,12 +23,17 @@ from typing import Any
 import pytest
 import yaml
 
-from lightning_mem import rundir, search, sweep, sweep_file, sweep_runner
+from lightning_mem import rundir
+from lightning_mem.sweeps import command as sweep
+from lightning_mem.sweeps import runner as sweep_runner
+from lightning_mem.sweeps import search
+from lightning_mem.sweeps import spec as sweep_file
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "sweeps").rglob("*.yaml"))
 # `lightning-mem sweep` without importing torch (the CLI module does): the runner's own start-up cost.
-SWEEP_MAIN = [sys.executable, "-c", "import sys; from lightning_mem.sweep import main; main(sys.argv[1:])"]
+SWEEP_MAIN = [sys.executable, "-c",
+              "import sys; from lightning_mem.sweeps.command import main; main(sys.argv[1:])"]
 
 
 def _write_sweep(path: Path, parameters: dict[str, Any], command: list[str], **extra: Any) -> Path:
@@ -285,14 +290,14 @@ def test_dry_run_prints_commands_and_writes_nothing(tmp_path: Path, capsys: pyte
 
 
 def test_the_cli_dispatches_sweep_and_exits_with_its_status(tmp_path: Path, capsys: pytest.CaptureFixture):
-    from lightning_mem import cli
+    from lightning_mem.cli import commands
 
     path = _write_sweep(tmp_path / "rec.yaml", {"i": {"values": [0, 1]}}, ["${env}", "true", "${args}"])
-    cli.main(["sweep", "local", str(path), "--root", str(tmp_path / "out"), "--dry-run"])
+    commands.main(["sweep", "local", str(path), "--root", str(tmp_path / "out"), "--dry-run"])
     assert len(capsys.readouterr().out.splitlines()) == 2
     with pytest.raises(SystemExit) as exit_info:  # `lightning-mem sweep local` exits 1: a run failed
-        cli.main(["sweep", "local", str(_write_sweep(tmp_path / "f.yaml", {"i": {"value": 0}}, ["false"])),
-                  "--root", str(tmp_path / "out")])
+        sweep_file = str(_write_sweep(tmp_path / "f.yaml", {"i": {"value": 0}}, ["false"]))
+        commands.main(["sweep", "local", sweep_file, "--root", str(tmp_path / "out")])
     assert exit_info.value.code == 1
 
 
@@ -458,11 +463,11 @@ def _sweep_file_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
 def test_bad_sweep_files_exit_2_naming_the_file(
     case: str, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from lightning_mem import cli
+    from lightning_mem.cli import commands
 
     path, message = _sweep_file_cases(tmp_path)[case]
     with pytest.raises(SystemExit) as exit_info:  # any other exception would be a traceback
-        cli.main(["sweep", "local", str(path), "--root", str(tmp_path / "out")])
+        commands.main(["sweep", "local", str(path), "--root", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err + caplog.text  # in process, pytest captures the log
     assert f"{path}: {message}" in err and "Traceback" not in err
@@ -485,7 +490,7 @@ MANIFESTS = {
 def test_a_manifest_of_the_wrong_shape_exits_2_and_is_kept(
     case: str, dry_run: bool, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from lightning_mem import cli
+    from lightning_mem.cli import commands
 
     path = _recorder_sweep(tmp_path, {"i": {"values": [0]}})
     manifest = tmp_path / "out" / "rec" / "manifest.json"
@@ -493,7 +498,8 @@ def test_a_manifest_of_the_wrong_shape_exits_2_and_is_kept(
     content, message = MANIFESTS[case]
     manifest.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["sweep", "local", str(path), "--root", str(tmp_path / "out"), *(["--dry-run"] * dry_run)])
+        commands.main(["sweep", "local", str(path), "--root", str(tmp_path / "out"),
+                       *(["--dry-run"] * dry_run)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err + caplog.text  # in process, pytest captures the log
     assert f"{manifest}: {message}" in err and "move it away to start the sweep afresh" in err
@@ -504,12 +510,12 @@ def test_a_manifest_of_the_wrong_shape_exits_2_and_is_kept(
 
 def test_a_root_that_is_a_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture,
                                        caplog: pytest.LogCaptureFixture) -> None:
-    from lightning_mem import cli
+    from lightning_mem.cli import commands
 
     path = _recorder_sweep(tmp_path, {"i": {"values": [0]}})
     (tmp_path / "root").write_text("mine")
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["sweep", "local", str(path), "--root", str(tmp_path / "root")])
+        commands.main(["sweep", "local", str(path), "--root", str(tmp_path / "root")])
     err = capsys.readouterr().err + caplog.text  # in process, pytest captures the log
     assert exit_info.value.code == 2 and f"--root {tmp_path / 'root'}: cannot create the sweep folder" in err
     assert (tmp_path / "root").read_text() == "mine"
@@ -611,7 +617,8 @@ def test_every_sweep_file_expands_to_commands_the_cli_accepts(
 ) -> None:
     """The first and last run of each sweep: parsed, validated and instantiated by the CLI (model, data
     module, trainer and loggers; nothing trained). ``--print_config`` alone would not validate init_args."""
-    from lightning_mem import cli
+
+    from lightning_mem.cli import fit as cli
 
     monkeypatch.chdir(REPO)  # the commands name configs relative to the repository root
     monkeypatch.setattr(sys, "argv", ["lightning-mem"])  # not pytest's arguments

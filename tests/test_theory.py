@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from lightning_mem.theory import main, mc_sin_kernel, sin_kernel, theorem1_bound
+from lightning_mem.analysis.theorem1 import main, mc_sin_kernel, sin_kernel, theorem1_bound
 
 
 def _integral_1d(x: float, x2: float, sigma: float) -> float:
@@ -93,7 +93,7 @@ def test_command_writes_plot_and_csv(tmp_path) -> None:
 
 
 def test_help_does_not_import_torch() -> None:
-    code = ("import sys\nfrom lightning_mem.theory import main\ntry:\n    main(['--help'])\n"
+    code = ("import sys\nfrom lightning_mem.analysis.theorem1 import main\ntry:\n    main(['--help'])\n"
             "except SystemExit as e:\n    assert e.code == 0\n"
             "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -131,7 +131,7 @@ CASE_NAMES = [*(f"sigma-{v}" for v in ("nan", "inf", "-inf", "0", "-1", "abc", "
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_bad_arguments_exit_2_naming_the_value(case: str, tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
-    from lightning_mem.cli import main as cli_main
+    from lightning_mem.cli.commands import main as cli_main
 
     argv, message = _bad_arguments(tmp_path)[case]
     if "--out" not in argv:

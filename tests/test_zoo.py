@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_mem.zoo import ZOO, DenseNet121, ResNet18, ResNet50, feature_dim
+from lightning_mem.nets.zoo import ZOO, DenseNet121, ResNet18, ResNet50, feature_dim
 
 FEATURES = {ResNet18: 512, ResNet50: 2048, DenseNet121: 1024}
 
@@ -60,12 +60,12 @@ def test_zoo_table_and_batchnorm_caveat() -> None:
 
 
 def test_selectable_from_cli(tmp_path, monkeypatch) -> None:
-    from lightning_mem.cli import build_cli
+    from lightning_mem.cli.fit import build_cli
 
     monkeypatch.setattr("sys.argv", ["lightning-mem"])  # pytest's own arguments are not the CLI's
 
     cli = build_cli(
-        ["--data.dataset", "digits", "--model.net", "lightning_mem.zoo.ResNet18",
+        ["--data.dataset", "digits", "--model.net", "lightning_mem.nets.zoo.ResNet18",
          "--run.root", str(tmp_path), "--trainer.logger", "false"],
         run=False,
     )
@@ -79,11 +79,11 @@ def test_fit_logs_representation_alignment_only(tmp_path, monkeypatch) -> None:
     """A real fit through the CLI: BatchNorm turns gradient alignment off, representations are measured."""
     import csv
 
-    from lightning_mem.cli import main
+    from lightning_mem.cli.commands import main
 
     monkeypatch.setattr("sys.argv", ["lightning-mem"])
     main([
-        "fit", "--model.net", "lightning_mem.zoo.ResNet18", "--data.dataset", "digits",
+        "fit", "--model.net", "lightning_mem.nets.zoo.ResNet18", "--data.dataset", "digits",
         "--data.train_subset", "128", "--data.batch_size", "64", "--trainer.max_epochs", "1",
         "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
         "--trainer.callbacks+=lightning_mem.callbacks.AlignmentMonitor",

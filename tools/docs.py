@@ -1,15 +1,16 @@
 """REPRODUCTION.md and the README's measured tables, rendered from the committed run data.
 
     python tools/docs.py collect --runs /work/runs/repro --times times.csv [SWEEP ...]
-        runs (through lightning_mem.runlog) -> docs/data/<sweep>/{runs.csv,curves.csv,sweep.json}
-    python tools/docs.py render      docs/data -> REPRODUCTION.md, README.md's blocks, docs/figures/*.png
+        runs (through lightning_mem.results.runs) -> docs/data/<sweep>/{runs.csv,curves.csv,sweep.json}
+    python tools/docs.py render      docs/data -> REPRODUCTION.md, the pages' blocks, docs/figures/*.png
     python tools/docs.py check       re-render in memory; exit 1 with a diff if a file differs
 
 ``docs/REPRODUCTION.template.md`` is REPRODUCTION.md with placeholders ``{{ EXPR }}`` or
 ``{{ EXPR | SPEC }}`` (a Python expression over :class:`Namespace`, formatted with the format spec
-SPEC); README.md holds blocks ``<!-- docs:begin NAME -->`` … ``<!-- docs:end NAME -->`` whose content
-is the section ``<!-- block NAME -->`` of ``docs/README.blocks.md``, rendered the same way. Tables are
-:func:`lightning_mem.report.summary_table` of the stored runs; figures are the package's report
+SPEC); README.md and the pages under docs/ hold blocks ``<!-- docs:begin NAME -->`` … ``<!-- docs:end
+NAME -->`` (each NAME once) whose content is the section ``<!-- block NAME -->`` of
+``docs/README.blocks.md``, rendered the same way. Tables are
+:func:`lightning_mem.results.report.summary_table` of the stored runs; figures are the package's report
 figures (PNG, drawn by ``render`` only: ``check`` compares text, never pixels). Exit codes: 0 same /
 written, 1 ``check`` found a difference, 2 bad input (named).
 """
@@ -92,22 +93,32 @@ def blocks(root: Path, ns: Namespace) -> dict[str, str]:
     }
 
 
+def _block(name: str, content: str) -> str:
+    return f"<!-- docs:begin {name} -->\n{content}\n<!-- docs:end {name} -->"
+
+
+def pages(root: Path) -> list[Path]:
+    """The Markdown pages that hold generated blocks: README.md and the pages under docs/."""
+    candidates = [root / README, *sorted((root / "docs").glob("*.md"))]
+    return [p for p in candidates if "<!-- docs:begin " in p.read_text()]
+
+
 def render_all(root: Path, draw: bool) -> dict[Path, str]:
-    """File -> its rendered text (REPRODUCTION.md, README.md); draws the figures when ``draw``."""
+    """File -> its rendered text (REPRODUCTION.md, every page with blocks); draws the figures when
+    ``draw``."""
     ns = Namespace(root, draw)
     out = {root / OUTPUT: HEADER + fill((root / TEMPLATE).read_text(), ns, TEMPLATE)}
-    readme = (root / README).read_text()
     rendered = blocks(root, ns)
-    found = set(BLOCK.findall(readme))
-    if found != set(rendered):
+    texts = {page: page.read_text() for page in pages(root)}
+    found = sorted(name for text in texts.values() for name in BLOCK.findall(text))
+    if found != sorted(rendered):
+        names = ", ".join(str(p.relative_to(root)) for p in texts) or README
         raise DocsError(
-            f"{README}: blocks {sorted(found)} but {BLOCKS} defines {sorted(rendered)}; add "
-            "'<!-- docs:begin NAME -->' / '<!-- docs:end NAME -->' lines for each"
+            f"{names}: blocks {found} but {BLOCKS} defines {sorted(rendered)}; add "
+            "'<!-- docs:begin NAME -->' / '<!-- docs:end NAME -->' lines for each, once"
         )
-    out[root / README] = BLOCK.sub(
-        lambda m: f"<!-- docs:begin {m.group(1)} -->\n{rendered[m.group(1)]}\n<!-- docs:end {m.group(1)} -->",
-        readme,
-    )
+    for page, text in texts.items():
+        out[page] = BLOCK.sub(lambda m: _block(m.group(1), rendered[m.group(1)]), text)
     missing = [str(p.relative_to(root)) for p in ns.figures if not p.is_file()]
     if missing:
         raise DocsError(f"figures missing: {', '.join(missing)}; run `python tools/docs.py render`")

@@ -4,16 +4,16 @@ Layout, one folder per sweep (``docs/data/<sweep>/``):
 
     runs.csv     one row per run: id, status, seed, the canonical hyperparameters (``hp.json``), the
                  command's duration, the metric keys used, and the final numbers of
-                 :func:`lightning_mem.runsets.run_numbers` (full precision, ``repr``) plus the tail
+                 :func:`lightning_mem.results.grouping.run_numbers` (full precision, ``repr``) plus the tail
                  means of ``align/grad/out.weight`` and ``align/grad/logits``
     curves.csv   one row per run and epoch: train and held-out accuracy, the epoch's mean of each
                  training-batch alignment and of ‖∇W1‖/‖W1‖, the held-out alignment (6 digits)
     sweep.json   the sweep file, its run folder name, runs, runs at a time, wall time, load average
 
 :func:`collect` reads finished runs through the package's own reader
-(:func:`lightning_mem.runlog.load_runs`) and writes these files; :func:`summary_runs` and
-:func:`curve_runs` turn them back into :class:`lightning_mem.runlog.Run` objects that the package's
-own table (:func:`lightning_mem.report.summary_table`) and figure functions take unchanged: a
+(:func:`lightning_mem.results.runs.load_runs`) and writes these files; :func:`summary_runs` and
+:func:`curve_runs` turn them back into :class:`lightning_mem.results.runs.Run` objects that the package's
+own table (:func:`lightning_mem.results.report.summary_table`) and figure functions take unchanged: a
 "summary run" holds one- or two-point series whose :func:`run_numbers` are exactly the stored final
 numbers, a "curve run" the per-epoch series.
 """
@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lightning_mem.report import summary_table
+from lightning_mem.results.grouping import COLUMNS, Keys, Layout, run_numbers
+from lightning_mem.results.report import summary_table
+from lightning_mem.results.runs import Run, Series, load_runs
 from lightning_mem.rundir import HP_KEYS, read_manifest
-from lightning_mem.runlog import COLUMNS, Keys, Layout, Run, Series, load_runs, run_numbers
 
 TAIL = 5  # final training-batch alignment: mean of the last TAIL measurements (report's default)
 KEY_FIELDS = ("grad", "rep", "val_rep", "norm")  # Keys fields -> runs.csv columns <field>_key

@@ -1,5 +1,6 @@
 """The figures of REPRODUCTION.md (tools/docs.py): the package's report figures drawn from the stored
-runs (:mod:`docsdata`), the Theorem 1 figure of :mod:`lightning_mem.theory`, and the curvature figure
+runs (:mod:`docsdata`), the Theorem 1 figure of :mod:`lightning_mem.analysis.theorem1`, and the curvature
+figure
 of tools/sharpness.py's data. Only ``render`` draws; ``check`` never compares pixels."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 from docsdata import TAIL
 
-from lightning_mem import figures
-from lightning_mem.runlog import Keys, Layout, mean_std
+from lightning_mem.results import figures
+from lightning_mem.results.grouping import Keys, Layout, mean_std
 
 
 class FigureError(ValueError):
@@ -77,7 +78,7 @@ def draw(
 
 
 def plot_theorem1(rows: list[dict[str, Any]], path: Path) -> None:
-    from lightning_mem.theory import plot
+    from lightning_mem.analysis.theorem1 import plot
 
     plot(sorted({r["sigma"] for r in rows}), rows, path)
 

@@ -13,8 +13,9 @@ from typing import Any
 import docsfigures
 from docsdata import TAIL, curve_runs, read_rows, summary_runs
 
-from lightning_mem.report import summary_table
-from lightning_mem.runlog import Keys, Layout, Run, mean_std
+from lightning_mem.results.grouping import Keys, Layout, mean_std
+from lightning_mem.results.report import summary_table
+from lightning_mem.results.runs import Run
 
 DATA = "docs/data"
 FIGURES = "docs/figures"

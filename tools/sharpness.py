@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_mem.data import ImageClassificationData
-from lightning_mem.losses import LOSSES
+from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.nets import ScaledMLP
+from lightning_mem.training.losses import LOSSES
 
 
 def top_eigenvalue(

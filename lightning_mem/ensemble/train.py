@@ -1,0 +1,234 @@
+"""Running an ensemble: build it from members, fit it on a Lightning Trainer, return per-member results.
+
+This is the entry point for the CLI and the sweep runner: a group of grid points that differ only in
+the packable keys (:data:`PACKABLE_KEYS`) becomes a list of
+:class:`~lightning_mem.ensemble.stacked.MemberSpec`;
+:func:`build_ensemble` makes the system and the data, :func:`fit_ensemble` trains them and returns one
+plain :class:`MemberResult` per member (status, divergence record, last value of every logged key,
+checkpoint path), which is what each member's ``status.json`` and the sweep manifest need.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lightning_mem.ensemble.data import EnsembleData
+from lightning_mem.ensemble.module import EnsembleModule
+from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
+from lightning_mem.ensemble.plan import PACKABLE_PARAMS
+from lightning_mem.ensemble.stacked import MemberSpec, StackedMLP
+from lightning_mem.nets import Activation
+from lightning_mem.rundir import write_status
+
+# Dotted config keys of a single run that may differ between the members of one ensemble.
+PACKABLE_KEYS = PACKABLE_PARAMS
+
+
+@dataclass
+class MemberResult:
+    """How one member ended, as plain data.
+
+    Attributes:
+        member: Its seed, σ, lr, loss scale, label seed.
+        status: ``finished`` or ``diverged``.
+        metrics: The last logged value of every key (``train/acc``, ``val/acc``, ``align/...``, ``epoch``).
+        divergence: None, or ``{"step", "epoch", "reason", "message"}`` (as ``DivergedError``'s).
+        checkpoint: Its last single-run-format checkpoint, if :class:`MemberCheckpoint` wrote one.
+    """
+
+    member: MemberSpec
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    divergence: dict[str, Any] | None = None
+    checkpoint: str | None = None
+
+    def status_record(self) -> dict[str, Any]:
+        """The fields of its ``status.json`` (``RunStatus``'s form: status, then step/reason if diverged)."""
+        record: dict[str, Any] = {"status": self.status}
+        if self.divergence is not None:
+            record |= {k: self.divergence[k] for k in ("step", "reason", "message")}
+        return record
+
+
+def member_checkpoint(module: EnsembleModule, k: int, epoch: int, global_step: int) -> dict[str, Any]:
+    """Member k as a single run's Lightning checkpoint: a ``MemorizationModule`` state dict and hparams.
+
+    ``Trainer.validate(MemorizationModule(ScaledMLP(...)), ckpt_path=...)`` and ``test`` load it; it has
+    no loop or optimizer state, so it cannot resume a single-run fit (resume the ensemble instead).
+    """
+    ckpt = {
+        "epoch": epoch, "global_step": global_step, "pytorch-lightning_version": L.__version__,
+        "state_dict": module.member_state_dict(k), "hyper_parameters": module.member_hparams(k),
+        "hparams_name": "kwargs", "member": module.hparams["members"][k],
+    }
+    if module.member_records is not None:  # the CLI's record: `validate --ckpt_path` alone rebuilds it
+        ckpt |= {"datamodule_hparams_name": "kwargs",
+                 "datamodule_hyper_parameters": module.member_records[k][1]}
+    return ckpt
+
+
+class MemberCheckpoint(L.Callback):
+    """At every training epoch end, writes each alive member's weights to ``<dirpaths[k]>/<filename>``.
+
+    The format of :func:`member_checkpoint`, written atomically (temp file + rename). A diverged
+    member's file is never overwritten, so it keeps its last good epoch, as a single run's ``last.ckpt``.
+    """
+
+    def __init__(self, dirpaths: Sequence[str | Path], filename: str = "last.ckpt") -> None:
+        super().__init__()
+        self.dirpaths = [Path(d) for d in dirpaths]
+        self.filename = filename
+
+    def path(self, k: int) -> Path:
+        return self.dirpaths[k] / self.filename
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, EnsembleModule)
+        if len(self.dirpaths) != pl_module.num_members:
+            raise ValueError(f"MemberCheckpoint has {len(self.dirpaths)} folders for "
+                             f"{pl_module.num_members} members")
+        for k, alive in enumerate(pl_module.alive.tolist()):
+            if alive:
+                path = self.path(k)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                torch.save(member_checkpoint(pl_module, k, trainer.current_epoch, trainer.global_step), tmp)
+                os.replace(tmp, path)
+
+
+class MemberStatus(L.Callback):
+    """Writes each member's ``<run folder>/status.json`` as
+    :class:`~lightning_mem.training.guard.RunStatus` writes a
+    single run's: ``running`` (``pid``, ``host``) at the fit's start, ``diverged`` (``diverged_step``,
+    ``reason``, ``message``) at the end of the epoch in which the member diverged — the others go on —,
+    ``finished`` at the fit's end, ``interrupted`` (SIGTERM, Ctrl-C) or ``failed`` on an exception. Every
+    record has ``global_step`` and ``epoch`` (the trainer's then; a diverged record: the epoch of the
+    divergence). ``dirpaths[k]`` None: member k is not written (a member that ended before a resume).
+    On an exception it also flushes every member's loggers, as Lightning flushes a single run's.
+    """
+
+    def __init__(self, dirpaths: Sequence[str | Path | None]) -> None:
+        super().__init__()
+        self.dirpaths = [None if d is None else Path(d) for d in dirpaths]
+        self._ended: set[int] = set()
+
+    def _write(
+        self, trainer: L.Trainer, k: int, status: str, epoch: int | None = None, **fields: Any
+    ) -> None:
+        path = self.dirpaths[k]
+        if path is not None and k not in self._ended:
+            epoch = trainer.current_epoch if epoch is None else epoch
+            write_status(path, status, global_step=trainer.global_step, epoch=epoch, **fields)
+            if status != "running":
+                self._ended.add(k)
+
+    def _diverged(self, trainer: L.Trainer, module: L.LightningModule) -> list[bool]:
+        """Record the members that diverged since the last call; returns who is still alive."""
+        assert isinstance(module, EnsembleModule)
+        records = module.divergence()  # one host read
+        for k, d in enumerate(records):
+            if d is not None:
+                self._write(trainer, k, "diverged", epoch=d["epoch"], diverged_step=d["step"],
+                            reason=d["reason"], message=d["message"])
+        return [d is None for d in records]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for k, alive in enumerate(self._diverged(trainer, pl_module)):
+            if alive:
+                self._write(trainer, k, "running", pid=os.getpid(), host=socket.gethostname())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._diverged(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for k, alive in enumerate(self._diverged(trainer, pl_module)):
+            if alive:
+                self._write(trainer, k, "finished")
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if trainer.state.fn != "fit":
+            return
+        assert isinstance(pl_module, EnsembleModule)
+        pl_module.save_member_logs()  # the rows logged so far reach the files (Lightning flushes its own)
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            status = "interrupted"
+            reason = "SIGTERM" if isinstance(exception, SIGTERMException) else "KeyboardInterrupt"
+        else:
+            status, reason = "failed", f"{type(exception).__name__}: {exception}"
+        for k, alive in enumerate(self._diverged(trainer, pl_module)):
+            if alive:
+                self._write(trainer, k, status, reason=reason)
+
+
+def build_ensemble(
+    members: Sequence[MemberSpec], *, width: int = 1024, activation: Activation = "sin",
+    loss: str = "cross_entropy", loss_scale_with_init: bool = False, **data_kwargs: Any,
+) -> tuple[EnsembleModule, EnsembleData]:
+    """The system and data of an ensemble of ScaledMLP runs; ``data_kwargs`` are ``ImageClassificationData``'s
+    (``dataset``, ``batch_size``, ``label_noise``, ``train_subset``, ...; no ``seed``/``label_seed``)."""
+    data = EnsembleData(members, **data_kwargs)
+    net = StackedMLP.from_members(members, data.input_shape, data.num_classes, width, activation)
+    return EnsembleModule(net, members, loss, loss_scale_with_init), data  # type: ignore[arg-type]
+
+
+def fit_ensemble(
+    module: EnsembleModule,
+    data: EnsembleData,
+    *,
+    member_loggers: Sequence[Sequence[Logger]] | None = None,
+    monitor: EnsembleAlignmentMonitor | None = None,
+    checkpoint_dir: str | Path | None = None,
+    member_checkpoint_dirs: Sequence[str | Path] | None = None,
+    ckpt_path: str | Path | None = None,
+    callbacks: Sequence[L.Callback] = (),
+    **trainer_kwargs: Any,
+) -> list[MemberResult]:
+    """Fit the ensemble on a Lightning ``Trainer`` and return one :class:`MemberResult` per member.
+
+    Args:
+        member_loggers: ``member_loggers[k]``: the Lightning loggers of member k (e.g. a ``CSVLogger``
+            writing its run folder's ``metrics.csv``). The trainer itself has no logger.
+        monitor: Per-member alignment (None: none).
+        checkpoint_dir: Where the whole ensemble is checkpointed at every epoch end (``epoch<N>.ckpt``,
+            newest kept, and ``last.ckpt``, as the CLI's single runs); None: no checkpoints.
+        member_checkpoint_dirs: Folder per member for its single-run-format ``last.ckpt``.
+        ckpt_path: An ensemble checkpoint to resume from (weights, divergence state, epoch and step).
+        trainer_kwargs: ``lightning.Trainer`` arguments (``max_epochs``, ``accelerator``, ...).
+    """
+    if member_loggers is not None:
+        if len(member_loggers) != module.num_members:
+            raise ValueError(f"member_loggers has {len(member_loggers)} lists for "
+                             f"{module.num_members} members")
+        module.member_loggers = [list(x) for x in member_loggers]
+    cbs: list[L.Callback] = list(callbacks)
+    if monitor is not None:
+        cbs.append(monitor)
+    saver = MemberCheckpoint(member_checkpoint_dirs) if member_checkpoint_dirs is not None else None
+    if saver is not None:
+        cbs.append(saver)
+    if checkpoint_dir is not None:
+        cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch}",
+                                   auto_insert_metric_name=False, save_last=True, every_n_epochs=1))
+    trainer_kwargs = {"enable_progress_bar": False, "enable_model_summary": False, **trainer_kwargs}
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in cbs)
+    trainer = L.Trainer(logger=False, callbacks=cbs, enable_checkpointing=checkpointing, **trainer_kwargs)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    results = []
+    for k, divergence in enumerate(module.divergence()):
+        ckpt = saver.path(k) if saver is not None and saver.path(k).is_file() else None
+        results.append(MemberResult(module.members[k], "finished" if divergence is None else "diverged",
+                                    dict(module.last_metrics[k]), divergence, str(ckpt) if ckpt else None))
+    return results

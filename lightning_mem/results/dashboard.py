@@ -1,0 +1,214 @@
+"""Dashboards that compare memorization curves across σ, activations, losses, datasets and seeds.
+
+``lightning-mem dashboard html RUN_DIR_OR_MANIFEST... --out FILE.html`` writes one self-contained
+HTML file: plotly.js is inlined from the installed ``plotly`` package and the runs are embedded as
+JSON, so the file opens from disk with no network and can be mailed. Grouping, filters, statuses and
+axis scales are applied in the browser (``dashboard.html``), over this data:
+
+- per run: its status (finished, diverged, failed, interrupted, killed, running), the values of the keys that
+  vary across runs (canonical ``hp.<key>`` first, see :mod:`lightning_mem.results.grouping`), its final
+  numbers
+  (:func:`runsets.run_numbers`, the same as ``report``), and per-epoch curves: ``train/acc``,
+  ``val/acc``, ``align/grad/<W1>``, ``align/grad/logits``, ``align/rep/<layer>``,
+  ``val/align/rep/<layer>``. A metric logged several times in an epoch (training-batch alignment,
+  every few steps) is the mean of that epoch's values. x = epoch + 1 (epochs completed), as in
+  ``report``.
+- curves are decimated on one grid shared by all runs (every k-th epoch, k = ⌈longest run / 1500⌉,
+  plus each run's last epoch), so a trace never has much more than 1,500 points and the seeds of a
+  group still share their x values.
+
+``lightning-mem dashboard wandb ...`` builds the same panels as a W&B workspace
+(:mod:`lightning_mem.results.workspace`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_mem import rundir
+from lightning_mem.checks import path_arg
+from lightning_mem.results.grouping import COLUMNS, Keys, Layout, run_numbers, short, varied_keys
+from lightning_mem.results.runs import Run, load_runs
+from lightning_mem.rundir import RunDirError
+
+log = logging.getLogger(__name__)
+
+MAX_POINTS = 1500  # per trace, as W&B's line plots
+FILTER_KEYS = ("hp.dataset", "hp.activation", "hp.loss")
+SIGMA_KEY = "hp.init_std"
+CURVES = {"train": "train/acc", "val": "val/acc"}  # name in the page -> metric key
+PLOTLY_MARK, DATA_MARK = "/*PLOTLY_JS*/", "/*DATA_JSON*/"
+
+
+def epoch_curve(run: Run, key: str | None) -> dict[int, float]:
+    """{epoch + 1: mean of the finite values logged in that epoch} for ``key`` of ``run``."""
+    if not key or key not in run.metrics:
+        return {}
+    epochs, values = run.epochs(key), run.values(key)
+    ok = np.isfinite(epochs) & np.isfinite(values)
+    if not ok.any():
+        return {}
+    x, inverse = np.unique(epochs[ok].astype(np.int64), return_inverse=True)
+    means = np.bincount(inverse, values[ok]) / np.bincount(inverse)
+    return dict(zip((x + 1).tolist(), means.tolist(), strict=True))
+
+
+def _num(v: Any) -> float | None:
+    """A float with 4 significant digits for the page (None for NaN/inf)."""
+    return float(f"{v:.4g}") if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    return list(v) if isinstance(v, tuple) else v
+
+
+def run_entry(run: Run, keys: Keys, shown: Sequence[str], stride: int, tail: int) -> dict[str, Any]:
+    """One run as the page's JSON: name, status, key values, final numbers and decimated curves."""
+    own = keys.resolve(run)
+    metric = {**CURVES, "grad": own.grad, "logits": "align/grad/logits", "rep": own.rep,
+              "val_rep": own.val_rep}
+    curves = {name: epoch_curve(run, key) for name, key in metric.items()}
+    every = sorted({x for c in curves.values() for x in c})
+    xs = [x for x in every if x % stride == 0 or x == every[-1]]
+    name = run.hp.get("run_name")
+    record = run.record
+    return {
+        "name": f"{name}/{run.path.name}" if name and name != run.path.name else run.path.name,
+        "path": str(run.path),
+        "status": run.status,
+        "reason": record.get("reason") or record.get("message") or "",
+        "epochs": int(max(every)) if every else 0,
+        "values": {k: _jsonable(run.get(k)) for k in shown},
+        "numbers": {k: _num(v) for k, v in run_numbers(run, keys, tail).items()},
+        "x": xs,
+        "y": {name: [_num(c.get(x, math.nan)) for x in xs] for name, c in curves.items()},
+    }
+
+
+def payload(runs: Sequence[Run], group_by: Sequence[str] | None, title: str, tail: int = 5) -> dict[str, Any]:
+    """Everything the page draws, as JSON-ready data (see the module docstring)."""
+    keys = Keys.of(runs)
+    layout = Layout.of(runs, group_by)
+    groupable = list(dict.fromkeys([*varied_keys(runs), "hp.seed", *layout.group_keys]))
+    shown = list(dict.fromkeys([*groupable, *FILTER_KEYS, SIGMA_KEY]))
+    longest = max((int(np.nanmax(r.epochs(k))) + 1 for r in runs for k in CURVES.values()
+                   if r.epochs(k).size and np.isfinite(r.epochs(k)).any()), default=1)
+    stride = max(1, math.ceil(longest / MAX_POINTS))
+    has_logits = any("align/grad/logits" in r.metrics for r in runs)
+    return {
+        "title": title,
+        "created": time.strftime("%Y-%m-%d %H:%M"),
+        "metrics": {"train": "train/acc", "val": "val/acc", "grad": keys.grad,
+                    "logits": "align/grad/logits" if has_logits else None, "rep": keys.rep,
+                    "val_rep": keys.val_rep, "norm": keys.norm},
+        "keys": [{"key": k, "label": short(k)} for k in shown],
+        "groupable": groupable,
+        "group_by": layout.group_keys,
+        "filters": FILTER_KEYS,
+        "columns": COLUMNS,
+        "stride": stride,
+        "tail": tail,
+        "runs": [run_entry(r, keys, shown, stride, tail) for r in runs],
+    }
+
+
+def plotly_js() -> str:
+    """plotly.js (minified) from the installed ``plotly`` package: the page needs no network."""
+    from plotly.offline import get_plotlyjs
+
+    return str(get_plotlyjs())
+
+
+def render_html(data: dict[str, Any]) -> str:
+    """The page: ``dashboard.html`` with plotly.js and ``data`` inlined."""
+    page = importlib.resources.files("lightning_mem.results") / "dashboard.html"
+    template = page.read_text(encoding="utf-8")
+    # "</" would end the <script> element early; "<\/" is the same JSON string.
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    head, rest = template.split(PLOTLY_MARK)
+    middle, end = rest.split(DATA_MARK)
+    return head + plotly_js() + middle + text + end
+
+
+MARKER = b"lightning-mem dashboard: written by"  # in the first lines of every page this module writes
+
+
+def check_out(out: Path) -> None:
+    """``--out`` must name a new file or an earlier dashboard (which is replaced); ValueError otherwise."""
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a directory; give a file name, e.g. {out / 'dashboard.html'}")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+    if out.exists():
+        with out.open("rb") as fh:
+            head = fh.read(512)
+        if MARKER not in head:
+            raise ValueError(f"--out {out}: is an existing file that is not a lightning-mem dashboard; "
+                             "give a new file name (an earlier dashboard is replaced)")
+
+
+def write_html(inputs: Sequence[str | Path], out: Path, group_by: Sequence[str] | None = None,
+               title: str | None = None, tail: int = 5) -> dict[str, Any]:
+    """Load every run under ``inputs`` (all statuses) and write the dashboard to ``out`` (atomically)."""
+    check_out(out)
+    if tail < 1:
+        raise ValueError(f"--tail {tail}: must be an integer >= 1 (the last N values averaged)")
+    runs = load_runs(inputs, statuses=None)
+    if not runs:
+        raise ValueError(f"no runs (folders with a metrics.csv) under {', '.join(map(str, inputs))}")
+    data = payload(runs, group_by, title or f"lightning-mem: {len(runs)} runs", tail)
+    rundir.atomic_write_text(out, render_html(data))
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``lightning-mem dashboard html ...`` and ``lightning-mem dashboard wandb ...``."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-mem dashboard",
+        description="Interactive dashboards of memorization curves: a self-contained HTML file, or a W&B "
+        "workspace built from code.")
+    sub = parser.add_subparsers(dest="kind", required=True)
+    html = sub.add_parser("html", help="One self-contained interactive HTML file (plotly, no network).")
+    html.add_argument("inputs", nargs="+", type=path_arg,
+                      help="Run folders, folders of runs, or manifest.json files.")
+    html.add_argument("--out", type=path_arg, required=True, help="The HTML file to write.")
+    html.add_argument("--group-by", nargs="+", default=None, metavar="KEY",
+                      help="Initial grouping (default: the keys that differ across runs, except the "
+                      "seed); canonical names (init_std, activation, ...) or config keys. The page can "
+                      "regroup.")
+    html.add_argument("--title", default=None, help="Page title (default: the number of runs).")
+    html.add_argument("--tail", type=int, default=5, help="Final alignment: mean of the last N values.")
+    from lightning_mem.results import workspace
+
+    workspace.add_arguments(sub.add_parser(
+        "wandb", help="The same panels as a W&B workspace (wandb-workspaces), saved on the server."))
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.kind == "wandb":
+        workspace.run(args, parser)
+        return
+    group_by = [k for item in args.group_by or [] for k in item.split(",") if k] or None
+    try:
+        data = write_html(args.inputs, args.out, group_by, args.title, args.tail)
+    except (OSError, RunDirError, ValueError) as err:
+        parser.error(str(err))
+    size = args.out.stat().st_size
+    sys.stdout.write(f"{args.out}: {len(data['runs'])} runs, {size / 1e6:.1f} MB\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The report's figures (PNG, matplotlib Agg); each returns its path, or None when the runs lack
+its metrics. See :mod:`lightning_mem.results.report` for what each figure shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_mem.results.grouping import SIGMA_SUFFIX, Keys, Layout, grouped, label, mean_std, run_numbers
+from lightning_mem.results.runs import Run
+
+log = logging.getLogger(__name__)
+
+DPI = 100
+PANEL_W, PANEL_H = 4.8, 3.6  # inches per subplot
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(n: int) -> tuple[int, int]:
+    """(rows, cols) for ``n`` panels: up to 3 per row."""
+    cols = min(n, 3)
+    return math.ceil(n / cols), cols
+
+
+def _figure(n_panels: int) -> tuple[Any, list[Any]]:
+    plt = _plt()
+    rows, cols = _grid(n_panels)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * PANEL_W, rows * PANEL_H), dpi=DPI, squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n_panels:]:
+        ax.set_visible(False)
+    return fig, flat[:n_panels]
+
+
+def _save(fig: Any, path: Path, legend_from: Any = None) -> Path:
+    """Save; with ``legend_from`` (an axes) one legend for the figure, below the panels."""
+    bottom = 0.0
+    if legend_from is not None:
+        handles, labels = legend_from.get_legend_handles_labels()
+        if handles:
+            ncol = 3 if max(map(len, labels)) < 40 else 2
+            rows = math.ceil(len(labels) / ncol)
+            height = fig.get_size_inches()[1]
+            bottom = min(0.6, (0.17 * rows + 0.1) / height)  # legend height as a fraction of the figure
+            fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    log.info("wrote %s", path)
+    return path
+
+
+def _legend(ax: Any, **kwargs: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:  # a panel may have no line (e.g. every run diverged)
+        ax.legend(**kwargs)
+
+
+def _color(i: int, n: int) -> Any:
+    return _plt().get_cmap("viridis")(i / max(n - 1, 1) * 0.9)
+
+
+def _line_label(layout: Layout, run: Run) -> str:
+    s = layout.sigma(run)
+    return f"σ={s:g}" if s is not None else label(layout.panel_keys, layout.panel(run))
+
+
+def _mean_curve(runs: Sequence[Run], key: str, x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over runs of ``key`` against epoch or step, on the x values all runs share."""
+    series = []
+    for r in runs:
+        xs = r.epochs(key) if x == "epoch" else r.steps(key)
+        series.append(dict(zip(xs.tolist(), r.values(key).tolist(), strict=True)))
+    common = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    ys = np.array([[s[c] for c in common] for s in series], dtype=np.float64).reshape(len(series), -1)
+    return np.array(common), ys.mean(0), ys.std(0)
+
+
+def _panels(runs: Sequence[Run], layout: Layout) -> dict[tuple[Any, ...], list[Run]]:
+    # Without σ swept every group gets its own line in one panel.
+    return grouped(runs, layout.panel) if layout.sigma_key else {(): list(runs)}
+
+
+def _lines(runs: Sequence[Run], layout: Layout) -> dict[tuple[Any, ...], list[Run]]:
+    return grouped(runs, layout.group)
+
+
+def plot_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
+    """Train (dashed) and held-out (solid) accuracy per epoch, a line per σ (Fig. 1a/2a)."""
+    if not any(r.metrics.get("train/acc") and r.metrics.get("val/acc") for r in runs):
+        log.info("skipping curves.png: no train/acc and val/acc")
+        return None
+    panels = _panels(runs, layout)
+    fig, axes = _figure(len(panels))
+    for ax, (pvals, members) in zip(axes, panels.items(), strict=True):
+        lines = _lines(members, layout)
+        for i, group in enumerate(lines.values()):
+            c = _color(i, len(lines))
+            name = _line_label(layout, group[0])
+            for key, style, what in (("val/acc", "-", "held-out"), ("train/acc", "--", "train")):
+                x, m, s = _mean_curve(group, key, "epoch")
+                if x.size:
+                    ax.plot(x + 1, m, style, color=c, label=f"{name} {what}")
+                    ax.fill_between(x + 1, m - s, m + s, color=c, alpha=0.15, linewidth=0)
+        title = label(layout.panel_keys, pvals) if layout.panel_keys and layout.sigma_key else ""
+        ax.set_title(f"train (dashed) vs held-out (solid)\n{title}".strip(), fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        long_labels = max(map(len, ax.get_legend_handles_labels()[1]), default=0) > 24
+        _legend(ax, fontsize=6 if not long_labels else 5, ncol=1 if long_labels else 2)
+    return _save(fig, out / "curves.png")
+
+
+def plot_vs_sigma(
+    runs: Sequence[Run], layout: Layout, keys: Keys, cols: Sequence[tuple[str, str]], ylabel: str,
+    path: Path, logy: bool = False, tail: int = 5,
+) -> Path | None:
+    """One panel per column ``(number, title)``: mean ± std over seeds vs σ, a line per panel group."""
+    if layout.sigma_key is None:
+        log.info("skipping %s: σ (%s) is not swept", path.name, SIGMA_SUFFIX)
+        return None
+    numbers = {id(r): run_numbers(r, keys, tail) for r in runs}
+    present = [(c, t) for c, t in cols if any(math.isfinite(n[c]) for n in numbers.values())]
+    if not present:
+        log.info("skipping %s: no %s", path.name, ", ".join(c for c, _ in cols))
+        return None
+    fig, axes = _figure(len(present))
+    panels = grouped(runs, layout.panel)
+    for ax, (col, title) in zip(axes, present, strict=True):
+        for i, (pvals, members) in enumerate(panels.items()):
+            pts = []
+            for sigma_runs in grouped([r for r in members if layout.sigma(r)], layout.sigma_tuple).values():
+                m, s = mean_std([numbers[id(r)][col] for r in sigma_runs])
+                if math.isfinite(m):
+                    pts.append((layout.sigma(sigma_runs[0]), m, s))
+            if pts:
+                xs, ms, ss = (np.array(v, dtype=np.float64) for v in zip(*pts, strict=True))
+                ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, color=f"C{i}",
+                            label=label(layout.panel_keys, pvals))
+        ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("σ (init std of W1)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    return _save(fig, path, legend_from=axes[0])
+
+
+def plot_alignment_curves(runs: Sequence[Run], layout: Layout, keys: Keys, out: Path) -> Path | None:
+    """Alignment over training steps, a line per σ (or group); a row of panels per panel group."""
+    metrics = [k for k in (keys.grad, keys.rep, keys.val_rep) if k]
+    if not metrics:
+        log.info("skipping alignment_curves.png: no align/* metrics (add the AlignmentMonitor callback)")
+        return None
+    panels = _panels(runs, layout)
+    plt = _plt()
+    nrows, ncols = len(panels), len(metrics)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * PANEL_W, nrows * PANEL_H), dpi=DPI, squeeze=False)
+    for row, (pvals, members) in enumerate(panels.items()):
+        lines = _lines(members, layout)
+        for col, key in enumerate(metrics):
+            ax = axes[row][col]
+            for i, group in enumerate(lines.values()):
+                x, m, _ = _mean_curve(group, key, "step")
+                if x.size:
+                    ax.plot(x, m, color=_color(i, len(lines)), label=_line_label(layout, group[0]))
+            where = label(layout.panel_keys, pvals) if layout.sigma_key else ""
+            ax.set_title(f"{key}\n{where}".strip(), fontsize=8)
+            ax.set_xlabel("step")
+            ax.set_ylabel("in-class alignment Ω")
+            ax.grid(alpha=0.3)
+            _legend(ax, fontsize=6)
+    return _save(fig, out / "alignment_curves.png")
+
+
+def plot_acc_vs_alignment(
+    runs: Sequence[Run], layout: Layout, keys: Keys, out: Path, tail: int = 5
+) -> Path | None:
+    """Best held-out accuracy vs final alignment, one point per run (Fig. 1b)."""
+    cols = [(c, k) for c, k in (("align_grad", keys.grad), ("align_rep", keys.rep),
+                                ("val_align_rep", keys.val_rep)) if k]
+    if not cols:
+        log.info("skipping acc_vs_alignment.png: no align/* metrics")
+        return None
+    numbers = {id(r): run_numbers(r, keys, tail) for r in runs}
+    fig, axes = _figure(len(cols))
+    # Colour: σ (or the group when σ is not swept); marker: the panel group (activation, loss, ...).
+    sigmas = sorted({s for r in runs if (s := layout.sigma(r)) is not None})
+    panels = list(grouped(runs, layout.panel))
+    groups = _lines(runs, layout)
+    markers = "osD^vP*X<>hp"
+    for ax, (col, key) in zip(axes, cols, strict=True):
+        for i, group in enumerate(groups.values()):
+            pts = [(numbers[id(r)][col], numbers[id(r)]["val_acc_best"]) for r in group]
+            pts = [p for p in pts if all(map(math.isfinite, p))]
+            if not pts:
+                continue
+            s = layout.sigma(group[0])
+            color = _color(sigmas.index(s), len(sigmas)) if s is not None else _color(i, len(groups))
+            marker = markers[panels.index(layout.panel(group[0])) % len(markers)]
+            ax.scatter(*zip(*pts, strict=True), color=color, marker=marker, s=22, alpha=0.85,
+                       label=None if sigmas else label(layout.group_keys, layout.group(group[0])))
+        ax.set_xlabel(f"final {key}")
+        ax.set_ylabel("best held-out accuracy")
+        ax.grid(alpha=0.3)
+    if sigmas:  # a compact legend: one entry per σ (colour) and one per panel group (marker)
+        from matplotlib.lines import Line2D
+
+        for i, s in enumerate(sigmas):
+            color = _color(i, len(sigmas))
+            axes[0].add_line(Line2D([], [], color=color, marker="o", ls="", label=f"σ={s:g}"))
+        if layout.panel_keys:
+            for j, pvals in enumerate(panels):
+                axes[0].add_line(Line2D([], [], color="grey", marker=markers[j % len(markers)], ls="",
+                                        label=label(layout.panel_keys, pvals)))
+    return _save(fig, out / "acc_vs_alignment.png", legend_from=axes[0])

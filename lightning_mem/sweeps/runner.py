@@ -1,0 +1,361 @@
+"""The local sweep runner: a sweep's runs as child processes, a slot each, recorded in its manifest.
+
+:class:`LocalSweep` holds the runs of one sweep file (:mod:`lightning_mem.sweeps.spec`) and their
+manifest ``<root>/<sweep name>/manifest.json`` (:mod:`lightning_mem.rundir`), rewritten atomically after
+every change. Every run's folder is ``<root>/<sweep name>/<run id>/`` (``--run.root/--run.name/--run.id``
+added to its command). A rerun skips finished (and diverged) runs and retries the others (a run the
+manifest says is ``running`` while no process holds its folder's lock is ``killed``). A failing run never
+stops the sweep; SIGINT/SIGTERM stop the running children and mark them ``interrupted``. With ``pack``,
+runs that differ only in packable keys train as one ensemble process (:mod:`lightning_mem.ensemble.plan`),
+each keeping its own manifest entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning_mem import rundir
+from lightning_mem.ensemble import plan as ensemble_plan
+from lightning_mem.rundir import FolderLock, RunDirError
+from lightning_mem.sweeps.launch import Signals, child_env
+from lightning_mem.sweeps.spec import UNSAFE, args_json, build_command, load_spec, points
+
+log = logging.getLogger(__name__)
+
+DONE = ("finished", "diverged")  # statuses a rerun skips; every other status is run again
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+def run_status(run_dir: Path, returncode: int, metrics: dict[str, float | None]) -> tuple[str, str | None]:
+    """(status, reason): ``diverged`` if the run's ``status.json`` says so (the CLI's ``RunStatus``) or
+    its last train loss is not finite; else finished / failed by exit code."""
+    record = rundir.read_status(run_dir) or {}
+    reason = record.get("reason")
+    if record.get("status") == "diverged":
+        return "diverged", reason
+    if returncode == 0 and "train/loss" in metrics and metrics["train/loss"] is None:
+        return "diverged", "last train/loss is not finite"
+    return ("finished", None) if returncode == 0 else ("failed", reason)
+
+
+def member_status(
+    run_dir: Path, output_log: Path, interrupted: bool
+) -> tuple[str, str | None, dict[str, float | None]]:
+    """(status, reason, final metrics) of a pack's member: its ``status.json`` (the ensemble writes each
+    member's end there); ``failed`` when the pack's process ended without recording it."""
+    try:
+        metrics, broken = rundir.final_metrics(run_dir), None
+    except RunDirError as err:  # a metrics.csv that is not one
+        metrics, broken = {}, str(err)
+    record = rundir.read_status(run_dir) or {}
+    status, reason = str(record.get("status", "failed")), record.get("reason")
+    if interrupted:
+        status = "interrupted"
+    elif status not in DONE:
+        status, reason = "failed", reason or error_line(output_log)
+    if broken and status == "finished":
+        status, reason = "failed", broken
+    return status, reason, metrics
+
+
+def error_line(output_log: Path, limit: int = 300) -> str | None:
+    """The last ``error:`` line of a run's output (the CLI's message), else its last line."""
+    if not output_log.is_file():
+        return None
+    lines = [line.strip() for line in output_log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith(("error:", "error "))]
+    found = errors[-1] if errors else lines[-1] if lines else None
+    return None if found is None else found[:limit]
+
+
+# ---------------------------------------------------------------------------- the local runner
+
+
+@dataclass
+class Job:
+    """What one slot runs: one run, or (``pack``) the runs ``rids`` of one ensemble process, which
+    ``resume`` continues from the pack's checkpoint (its other members ended before)."""
+
+    rids: list[str]
+    pack: str | None = None
+    resume: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.pack or self.rids[0]
+
+
+class LocalSweep:
+    """The runs of one sweep file and its manifest under ``root/<name>``; :meth:`load` reads the manifest
+    (hold :attr:`lock` around :meth:`load` and :meth:`run`)."""
+
+    def __init__(self, path: Path, root: Path, wandb_mode: str = "offline", kill_timeout: float = 15.0,
+                 count: int | None = None, seed: int = 0, pack: bool = False,
+                 pack_size: int | None = None) -> None:
+        self.path, self.wandb_mode, self.kill_timeout, self.seed = path, wandb_mode, kill_timeout, seed
+        self.pack, self.pack_size = pack, pack_size  # --pack, --pack-size (see "packs" below)
+        self.spec = load_spec(path)
+        self.method = self.spec.get("method", "grid")
+        self.name = UNSAFE.sub("_", str(self.spec.get("name") or path.stem))
+        self.root = root.resolve()
+        self.dir = self.root / self.name
+        self.manifest = self.dir / rundir.MANIFEST
+        self.lock = FolderLock(self.dir, f"sweep folder {self.dir}")
+        self.params = dict(points(self.spec, path, count, seed))
+        self.grid = list(self.params)  # run ids of this invocation, in order
+        self.runs: dict[str, dict[str, Any]] = {}
+        self._t0: dict[str, float] = {}  # start times of the running runs
+
+    def load(self) -> None:
+        """The manifest's runs (RunDirError naming it if it is not one), then this file's commands."""
+        self.runs = dict(rundir.read_manifest(self.manifest)["runs"]) if self.manifest.is_file() else {}
+        for entry in self.runs.values():  # a runner killed with its runs left them "running"
+            if entry["status"] == "running" and rundir.lock_holder(Path(str(entry.get("run_dir")))) is None:
+                entry.update(status=rundir.KILLED, reason="its process is gone (killed with its runner)")
+        for rid, params in self.params.items():
+            run_dir = self.dir / rid
+            command = build_command(self.spec["command"], params, run_dir / rundir.ARGS_JSON,
+                                    self.spec.get("program"))
+            command += ["--run.root", str(self.root), "--run.name", self.name, "--run.id", rid]
+            entry = self.runs.setdefault(rid, {"status": "pending", "attempts": 0})
+            entry.update(params=params, run_dir=str(run_dir), command=command)
+
+    def save(self) -> None:
+        extra = {"seed": self.seed} if self.method == "random" else {}
+        rundir.write_manifest(self.manifest, {
+            "sweep": self.name, "file": str(self.path.resolve()), "method": self.method, **extra,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": self.runs})
+
+    @staticmethod
+    def _fresh_folder(folder: Path, what: str) -> None:
+        """An empty ``folder``: an earlier attempt's is removed, unless a process still owns it."""
+        if folder.exists():
+            with FolderLock(folder, f"{what} {folder}"):
+                pass
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+
+    def _start(self, rid: str, gpu: str | None) -> subprocess.Popen[bytes]:
+        entry = self.runs[rid]
+        run_dir = Path(entry["run_dir"])
+        self._fresh_folder(run_dir, "run folder")
+        (run_dir / rundir.ARGS_JSON).write_text(args_json(entry["params"]))
+        env = child_env(gpu, WANDB_MODE=self.wandb_mode, LIGHTNING_MEM_RUN_ID=rid)
+        for key in ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH"):
+            env.pop(key, None)  # the run id is ours, not an agent's
+        with (run_dir / rundir.OUTPUT_LOG).open("wb") as out:
+            # Own session: a terminal's Ctrl-C reaches the runner only, which stops the children in order.
+            proc = subprocess.Popen(entry["command"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        entry.update(status="running", attempts=entry.get("attempts", 0) + 1, returncode=None, gpu=gpu,
+                     pid=proc.pid, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), duration_s=None, metrics={})
+        self._t0[rid] = time.monotonic()
+        log.info("start %s (gpu %s): %s", rid, gpu if gpu is not None else "-", shlex.join(entry["command"]))
+        return proc
+
+    def _finish(self, rid: str, returncode: int, interrupted: bool = False) -> None:
+        entry = self.runs[rid]
+        run_dir = Path(entry["run_dir"])
+        try:
+            metrics, broken = rundir.final_metrics(run_dir), None
+        except RunDirError as err:  # the run left a metrics.csv that is not one
+            metrics, broken = {}, str(err)
+        status, reason = ("interrupted", None) if interrupted else run_status(run_dir, returncode, metrics)
+        if broken and status == "finished":
+            status, reason = "failed", broken
+        if status == "failed" and reason is None:
+            reason = error_line(run_dir / rundir.OUTPUT_LOG)
+        entry.update(status=status, reason=reason, returncode=returncode, metrics=metrics,
+                     duration_s=round(time.monotonic() - self._t0.pop(rid), 2))
+        entry.pop("pid", None)
+        level = logging.INFO if status in DONE else logging.WARNING
+        log.log(level, "%s %s (exit %s, %.1f s); log: %s", status, rid, returncode, entry["duration_s"],
+                run_dir / rundir.OUTPUT_LOG)
+
+    def run(self, slots: list[str | None], poll: float = 0.2) -> int:
+        """Run every run not done, one per slot; 0 if all are done, 1 if any failed, 128+signal if stopped."""
+        todo_runs = [rid for rid in self.grid if self.runs[rid]["status"] not in DONE]
+        todo = self.jobs(todo_runs, len(slots))
+        log.info("sweep %s: %d runs, %d to run%s; manifest %s", self.name, len(self.grid), len(todo_runs),
+                 f" in {len(todo)} processes" if self.pack else "", self.manifest)
+        self.save()
+        running: dict[str, tuple[subprocess.Popen[bytes], int, Job]] = {}  # job -> (process, slot, job)
+        with Signals() as signals:
+            while (todo or running) and signals.received is None:
+                busy = {slot for _, slot, _ in running.values()}
+                for slot in [i for i in range(len(slots)) if i not in busy][: len(todo)]:
+                    job = todo.pop(0)
+                    try:
+                        running[job.key] = (self._start_job(job, slots[slot]), slot, job)
+                    except (OSError, RunDirError) as err:  # not installed; a fit still owns the folder
+                        reason = f"could not start: {err}"
+                        for rid in job.rids:
+                            self.runs[rid].update(status="failed", reason=reason, returncode=None)
+                        log.warning("failed %s: %s", job.key, reason)
+                    self.save()
+                for key, (proc, _, job) in list(running.items()):
+                    if proc.poll() is not None:
+                        del running[key]
+                        todo += self._finish_job(job, proc.returncode)
+                        self.save()
+                signals.wait(poll)
+            if signals.received is not None:
+                self._stop(running)
+        statuses = [self.runs[rid]["status"] for rid in self.grid]
+        if signals.received is not None:
+            return 128 + signals.received
+        return 0 if all(s in DONE for s in statuses) else 1
+
+    def _stop(self, running: dict[str, tuple[subprocess.Popen[bytes], int, Job]]) -> None:
+        """SIGTERM every child's process group (DDP ranks included), SIGKILL after ``kill_timeout``."""
+        for key, (proc, _, job) in list(running.items()):
+            if proc.poll() is not None:  # ended on its own before the signal: record it as it ended
+                del running[key]
+                self._finish_job(job, proc.returncode)
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.kill_timeout
+        for proc, _, job in running.values():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            self._finish_job(job, proc.returncode, interrupted=True)
+            self.save()
+
+    # ------------------------------------------------------------------ packs (--pack)
+
+    def jobs(self, todo: list[str], slots: int) -> list[Job]:
+        """The processes that run ``todo``: one per run, or with ``--pack`` packs of runs that differ only in
+        packable keys (:mod:`lightning_mem.ensemble.plan`), a killed pack resumed as it was."""
+        if not self.pack:
+            return [Job([rid]) for rid in todo]
+        jobs = self._resumable_packs(todo)
+        taken = {rid for job in jobs for rid in job.rids}
+        groups: dict[str, list[str]] = {}
+        for rid in todo:
+            if rid in taken:
+                continue
+            entry = self.runs[rid]
+            reason = ensemble_plan.unpackable_reason(entry["command"], entry["params"])
+            if reason:
+                log.info("%s runs alone: %s", rid, reason)
+                jobs.append(Job([rid]))
+            else:
+                groups.setdefault(ensemble_plan.group_key(entry["params"]), []).append(rid)
+        packs = ensemble_plan.plan_packs(list(groups.values()), max(slots - len(jobs), 1), self.pack_size)
+        for rids in packs:
+            jobs.append(Job(rids, ensemble_plan.pack_id(rids)) if len(rids) > 1 else Job(rids))
+        return sorted(jobs, key=lambda job: self.grid.index(job.rids[0]))
+
+    def _resumable_packs(self, todo: list[str]) -> list[Job]:
+        """Packs of an earlier attempt with a checkpoint, all of whose members are still in this sweep."""
+        jobs, seen = [], set()
+        for rid in todo:
+            pack = self.runs[rid].get("pack")
+            if not pack or pack in seen:
+                continue
+            seen.add(pack)
+            try:
+                members = [m["run_id"] for m in ensemble_plan.read_pack(self.dir / pack)]
+            except RunDirError:
+                continue
+            if (rundir.last_checkpoint(self.dir / pack).is_file() and set(members) <= set(self.params)
+                    and ensemble_plan.pack_id(members) == pack):
+                pending = [m for m in members if self.runs[m]["status"] not in DONE]
+                jobs.append(Job(pending, pack, resume=True))
+        return jobs
+
+    def pack_command(self, job: Job) -> list[str]:
+        """The ensemble process of a pack (``lightning-mem ensemble fit --pack DIR``)."""
+        resume = ["--ckpt_path", "last"] if job.resume else []
+        pack_dir = str(self.dir / str(job.pack))
+        return [sys.executable, "-m", "lightning_mem", "ensemble", "fit", "--pack", pack_dir, *resume]
+
+    def _start_job(self, job: Job, gpu: str | None) -> subprocess.Popen[bytes]:
+        if job.pack is None:
+            self.runs[job.rids[0]].pop("pack", None)
+            return self._start(job.rids[0], gpu)
+        pack_dir = self.dir / job.pack
+        if not job.resume:
+            self._fresh_folder(pack_dir, "ensemble folder")
+            members = []
+            for rid in job.rids:
+                entry = self.runs[rid]
+                self._fresh_folder(Path(entry["run_dir"]), "run folder")
+                (Path(entry["run_dir"]) / rundir.ARGS_JSON).write_text(args_json(entry["params"]))
+                members.append({"run_id": rid, "argv": ensemble_plan.fit_args(entry["command"])})
+            ensemble_plan.write_pack(pack_dir, members)
+        env = child_env(gpu, WANDB_MODE=self.wandb_mode)
+        for key in ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "LIGHTNING_MEM_RUN_ID"):
+            env.pop(key, None)  # each member's run id is in its own arguments
+        command = self.pack_command(job)
+        with (pack_dir / rundir.OUTPUT_LOG).open("ab" if job.resume else "wb") as out:
+            proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for rid in job.rids:
+            entry = self.runs[rid]
+            entry.update(status="running", attempts=entry.get("attempts", 0) + 1, returncode=None, gpu=gpu,
+                         pid=proc.pid, started=started, duration_s=None, metrics={}, pack=job.pack)
+            self._t0[rid] = time.monotonic()
+        log.info("start %s (%d runs%s, gpu %s): %s", job.pack, len(job.rids),
+                 ", resumed" if job.resume else "", gpu if gpu is not None else "-", shlex.join(command))
+        return proc
+
+    def _finish_job(self, job: Job, returncode: int, interrupted: bool = False) -> list[Job]:
+        """Record how the job's runs ended; the runs of a pack the ensemble refused (exit 2, nothing
+        written) come back as single runs to start next."""
+        if job.pack is None:
+            self._finish(job.rids[0], returncode, interrupted)
+            return []
+        output = self.dir / job.pack / rundir.OUTPUT_LOG
+        if returncode == 2 and not interrupted:
+            refusal = error_line(output) or "the ensemble refused these runs"
+            log.warning("%s refused its %d runs (%s); they run alone", job.pack, len(job.rids), refusal)
+            for rid in job.rids:  # not an attempt: nothing ran
+                entry = self.runs[rid]
+                entry.update(status="pending", pack=None, reason=refusal, attempts=entry["attempts"] - 1)
+                entry.pop("pid", None)
+                self._t0.pop(rid, None)
+            return [Job([rid]) for rid in job.rids]
+        for rid in job.rids:
+            entry = self.runs[rid]
+            status, reason, metrics = member_status(Path(entry["run_dir"]), output, interrupted)
+            entry.update(status=status, reason=reason, returncode=returncode, metrics=metrics,
+                         duration_s=round(time.monotonic() - self._t0.pop(rid), 2))
+            entry.pop("pid", None)
+        counts = Counter(self.runs[rid]["status"] for rid in job.rids)
+        log.info("%s: %s (exit %s); log: %s", job.pack, ", ".join(f"{n} {st}" for st, n in counts.items()),
+                 returncode, output)
+        return []
+
+    def summary(self) -> str:
+        lines = [f"sweep {self.name}: {self.manifest}"]
+        for rid in self.grid:
+            e = self.runs[rid]
+            m = e.get("metrics") or {}
+            accs = "  ".join(f"{k}={m[k]:.4f}" for k in ("train/acc", "val/acc") if m.get(k) is not None)
+            dur = f"{e['duration_s']:.1f}s" if e.get("duration_s") is not None else "-"
+            why = f"  ({e['reason']})" if e.get("reason") and e["status"] != "finished" else ""
+            lines.append(f"  {e['status']:<11} {dur:>8}  {rid}  {accs}{why}")
+        counts = Counter(self.runs[rid]["status"] for rid in self.grid)
+        lines.append("  " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+        return "\n".join(lines) + "\n"
