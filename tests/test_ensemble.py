@@ -30,8 +30,9 @@ from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.ensemble.data import EnsembleData
 from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
+from lightning_mem.ensemble.plan import PACKABLE_PARAMS
 from lightning_mem.ensemble.stacked import MemberSGD, MemberSpec, StackedMLP, member_net
-from lightning_mem.ensemble.train import PACKABLE_KEYS, build_ensemble, fit_ensemble
+from lightning_mem.ensemble.train import build_ensemble, fit_ensemble
 from lightning_mem.nets import ScaledMLP
 from lightning_mem.training.guard import DivergedError, DivergenceGuard
 from lightning_mem.training.module import MemorizationModule
@@ -175,7 +176,7 @@ def test_member_spec_rejects_bad_values() -> None:
         MemberSpec(0, 0.0)
     with pytest.raises(ValueError, match=r"member lr=nan must be a positive finite number"):
         MemberSpec(0, 0.1, lr=math.nan)
-    assert set(PACKABLE_KEYS.values()) == {"seed", "init_std", "lr", "loss_scale", "label_seed"}
+    assert set(PACKABLE_PARAMS.values()) == {"seed", "init_std", "lr", "loss_scale", "label_seed"}
 
 
 def test_initial_weights_are_those_of_the_cli_run_bitwise(tmp_path: Path) -> None:

@@ -231,9 +231,9 @@ def test_a_crashed_ensemble_resumes_every_member_exactly(wild: Path, tmp_path: P
     (["--trainer.accumulate_grad_batches", "2"], "trainer.accumulate_grad_batches=2: an ensemble trains on "
      "one device in FP32 with one batch per step"),
     (["--ckpt_path", "last"], "--ckpt_path last: no ensemble with a checkpoint under"),
-    (["--ensemble.seed", "3,3"], "_seed3 are the same run (seed_everything=3, "
-     "model.net.init_args.init_std=0.1, model.lr="),
-    (["--ensemble.lr", "0.05,5e-2"], "are the same run (seed_everything=0, model.net.init_args.init_std=0.1, "
+    (["--ensemble.seed", "3,3"], "_seed3 are the same run (model.net.init_args.init_std=0.1, "
+     "seed_everything=3, model.lr="),
+    (["--ensemble.lr", "0.05,5e-2"], "are the same run (model.net.init_args.init_std=0.1, seed_everything=0, "
      "model.lr=0.05, model.loss_scale=1.0, data.label_seed=None): give each value once"),
 ], ids=["not-packable", "k-0", "empty-value", "convnet", "momentum", "accumulate", "nothing-to-resume",
         "same-seed-twice", "same-lr-written-twice"])
@@ -258,8 +258,8 @@ def test_members_that_differ_in_other_keys_are_refused(tmp_path: Path,
     (pack / "pack.json").write_text(json.dumps({"members": members}))
     with caplog.at_level(logging.ERROR, logger="lightning_mem"):
         assert lm("ensemble", "fit", "--pack", str(pack)) == 2
-    assert ("members m0 and m1 differ in model.net.init_args.width (16 vs 32); only seed_everything, "
-            "model.net.init_args.init_std, model.lr, model.loss_scale, data.label_seed may "
+    assert ("members m0 and m1 differ in model.net.init_args.width (16 vs 32); only "
+            "model.net.init_args.init_std, seed_everything, model.lr, model.loss_scale, data.label_seed may "
             "differ") in caplog.text
     assert not (tmp_path / "runs").exists() and sorted(p.name for p in pack.iterdir()) == ["pack.json"]
 

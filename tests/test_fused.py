@@ -29,8 +29,8 @@ from lightning.pytorch.loggers import CSVLogger
 from test_callbacks import count_host_syncs
 
 from lightning_mem.alignment.monitor import AlignmentMonitor
-from lightning_mem.cli.fit import EXIT_DIVERGED
 from lightning_mem.data.datamodule import ImageClassificationData, IndexBlock
+from lightning_mem.errors import EXIT_DIVERGED
 from lightning_mem.nets import ConvNet, ScaledMLP
 from lightning_mem.training.fused import FusedSGD, check_data_device, plan_epoch
 from lightning_mem.training.guard import DivergedError, DivergenceGuard

@@ -27,8 +27,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from test_data import no_md5  # noqa: F401  (fixture: torchvision's md5 checks off for fake files)
 
-from lightning_mem.cli.fit import EXIT_DIVERGED
 from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.errors import EXIT_DIVERGED
 from lightning_mem.nets import ScaledMLP
 from lightning_mem.rundir import FolderLock, read_hp, read_status
 from lightning_mem.training.guard import DivergedError, DivergenceGuard, RunStatus

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_mem.errors import EXIT_BAD_INPUT
+
 # LightningCLI's subcommands (lightning_mem.cli.fit), with their one-line help.
 LIGHTNING = {
     "fit": "train a model; results in runs/<run.name>/<run.id>/ (--config FILE ..., --help for every option)",
@@ -75,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         names = ", ".join([*LIGHTNING, *TOOLS, *PASSTHROUGH])
         sys.stderr.write(usage().splitlines()[0] + f"\nlightning-mem: error: {what}; choose from "
                          f"{names} (`lightning-mem --help` says what each does)\n")
-        raise SystemExit(2)
+        raise SystemExit(EXIT_BAD_INPUT)
     from lightning_mem.cli.fit import run  # torch and Lightning: only for fit/validate/test
 
     run(args if argv is not None else None)  # None: LightningCLI reads sys.argv itself
@@ -89,7 +91,7 @@ def run_program(name: str, args: Sequence[str]) -> None:
     if path is None:
         sys.stderr.write(f"lightning-mem: error: {name!r} is not installed in this environment "
                          f"(looked next to {sys.executable} and on PATH); `pip install -e .` installs it\n")
-        raise SystemExit(2)
+        raise SystemExit(EXIT_BAD_INPUT)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(path, [path, *args])

@@ -38,6 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lightning_mem import rundir
 from lightning_mem.cli import argchecks
 from lightning_mem.data.datamodule import DATASETS, ImageClassificationData
+from lightning_mem.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGTERM, StopAfterParsing
 from lightning_mem.training.checkpoints import (
     CheckpointError,
     CheckpointPublisher,
@@ -56,8 +57,6 @@ from lightning_mem.training.precision import precision_risk, reduced_precision, 
 log = logging.getLogger(__name__)
 
 RUN_ID_ENV = "LIGHTNING_MEM_RUN_ID"
-EXIT_DIVERGED = 3  # a non-finite loss or weight stopped the fit; status.json says "diverged"
-EXIT_SIGTERM = 143  # 128 + SIGTERM, as a shell reports it; status.json says "interrupted"
 INTERPOLATION_HELP = (
     "supported: ${key} refers to a key of the config after every --config file is merged, written in a "
     "config file as ${model.lr} and on the command line with the subcommand, e.g. "
@@ -165,7 +164,7 @@ class MemCLI(LightningCLI):
             if not self._is_usage_error(err):
                 raise
             sys.stderr.write(f"error: {_error_text(err)}\n")
-            raise SystemExit(2) from None
+            raise SystemExit(EXIT_BAD_INPUT) from None
         finally:
             self._held.close()
             if self._started and self.subcommand == "fit" and self.run_dir and _global_rank() == 0:
@@ -347,7 +346,7 @@ class MemCLI(LightningCLI):
         own folder (True). A finished run, or a folder without a run, is refused by the caller's load."""
         record = rundir.read_status(run_dir)
         status = rundir.effective_status(run_dir, record) if record else None
-        if not run_dir.is_dir() or status in ("finished", "diverged"):
+        if not run_dir.is_dir() or status in rundir.DONE:
             return False
         log.info("run.id=%r has no checkpoint yet (%s before its first epoch ended): starting it over in %s",
                  config.run.id, status or "stopped", run_dir)
@@ -535,10 +534,6 @@ def build_cli(
     )
 
 
-class _Parsed(Exception):
-    """Raised by :class:`_ParseOnlyCLI` once the command line has parsed and passed the checks."""
-
-
 class _ParseOnlyCLI(MemCLI):
     """The CLI up to its checks of the parsed config (values, the net's size): nothing is built or written."""
 
@@ -561,7 +556,7 @@ class _ParseOnlyCLI(MemCLI):
                 self.parser.instantiate_classes(trial)
         except CONFIG_ERRORS as err:
             self.parser.error(_error_text(err))
-        raise _Parsed
+        raise StopAfterParsing
 
 
 def check_args(argv: Sequence[str]) -> str | None:
@@ -577,7 +572,7 @@ def check_args(argv: Sequence[str]) -> str | None:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             build_cli(list(argv), cli_class=_ParseOnlyCLI)
-        except _Parsed:
+        except StopAfterParsing:
             return None
         except SystemExit as exc:
             if exc.code in (0, None):

@@ -33,23 +33,12 @@ from typing import Any
 
 from lightning_mem import rundir
 from lightning_mem.checks import path_arg
-from lightning_mem.ensemble.plan import PACK_JSON, read_pack
+from lightning_mem.ensemble.plan import ENSEMBLE_KEYS, PACK_JSON, read_pack
+from lightning_mem.errors import EXIT_BAD_INPUT, UsageError
 
 log = logging.getLogger(__name__)
 
 # --ensemble.<key> -> the fit option it sets for each member
-ENSEMBLE_KEYS = {
-    "init_std": "--model.net.init_std",
-    "seed": "--seed_everything",
-    "lr": "--model.lr",
-    "loss_scale": "--model.loss_scale",
-    "label_seed": "--data.label_seed",
-}
-EXIT_BAD_INPUT = 2  # the other codes come from lightning_mem.ensemble.pack (3 diverged, 143 SIGTERM)
-
-
-class UsageError(ValueError):
-    """Bad options of ``ensemble fit`` (exit 2)."""
 
 
 def parser() -> argparse.ArgumentParser:

@@ -35,15 +35,14 @@ from lightning_mem import _compat, rundir
 from lightning_mem.alignment.monitor import AlignmentMonitor
 from lightning_mem.cli.fit import RUN_ID_ENV, MemCLI, build_cli
 from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.ensemble.plan import PACKABLE_CONFIG
 from lightning_mem.ensemble.stacked import MemberSpec
+from lightning_mem.errors import PackError, StopAfterParsing
 from lightning_mem.nets import ScaledMLP
 from lightning_mem.training.guard import DivergenceGuard, RunStatus
 from lightning_mem.training.loggers import RunCSVLogger, RunWandbLogger
 from lightning_mem.training.module import MemorizationModule
 
-# Keys of a member's parsed config that may differ from the other members' (PACKABLE_PARAMS, as stored).
-PACKABLE_CONFIG = ("seed_everything", "model.net.init_args.init_std", "model.lr", "model.loss_scale",
-                   "data.label_seed")
 # Callbacks of a single run's config that the ensemble replaces with its own per-member form (by class
 # identity: a subclass may add behaviour the per-member form would drop).
 ENSEMBLE_CALLBACKS: dict[type, str] = {
@@ -55,19 +54,10 @@ LOGGERS: tuple[type, ...] = (RunCSVLogger, RunWandbLogger)  # one of each per me
 _OWN = ("net", "init_std", "input_shape", "num_classes", "lr", "loss_scale", "label_seed", "seed")
 
 
-class PackError(ValueError):
-    """Members that cannot be trained as one ensemble; the message names the key and the fix."""
-
-
-class _Parsed(Exception):  # not an error: stops the CLI where a single run would build its Trainer
-    def __init__(self, cli: MemberCLI) -> None:
-        super().__init__()
-        self.cli = cli
-
-
 class MemberCLI(MemCLI):
     """``lightning-mem fit`` up to its Trainer: parse, resolve the run folder, check, configure the loggers,
-    instantiate the model and data (with the CLI's own errors, exit 2), then stop (:class:`_Parsed`)."""
+    instantiate the model and data (with the CLI's own errors, exit 2), then stop
+    (:class:`~lightning_mem.errors.StopAfterParsing`)."""
 
     def instantiate_classes(self) -> None:
         try:
@@ -78,7 +68,7 @@ class MemberCLI(MemCLI):
         self.model = self.config_init[self.subcommand].model
 
     def after_instantiate_classes(self) -> None:
-        raise _Parsed(self)
+        raise StopAfterParsing(self)
 
     def save_config(self, path: Path) -> None:
         """The run's ``config.yaml`` as ``SaveConfigCallback`` writes it: the parser LightningCLI gives that
@@ -150,7 +140,7 @@ def parse_member(run_id: str, argv: Sequence[str]) -> Member:
         with _quiet_seed(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # in-process, as meant
             build_cli(["fit", *argv], cli_class=MemberCLI)
-    except _Parsed as done:
+    except StopAfterParsing as done:
         member = Member(run_id, list(argv), done.cli)
     finally:  # the CLI exports the run id for DDP children: not for the next member
         if exported is None:

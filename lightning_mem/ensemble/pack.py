@@ -37,14 +37,13 @@ from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
 from lightning_mem.ensemble.plan import write_pack
 from lightning_mem.ensemble.train import MemberStatus, build_ensemble, fit_ensemble
+from lightning_mem.errors import EXIT_DIVERGED, EXIT_SIGTERM
 from lightning_mem.training.checkpoints import load_checkpoint
 from lightning_mem.training.loggers import setup_wandb_run
 from lightning_mem.training.precision import tf32_policy
 
 log = logging.getLogger(__name__)
 
-DONE = ("finished", "diverged")
-EXIT_DIVERGED, EXIT_SIGTERM = 3, 143
 
 
 def _instantiate(class_path: str, **kwargs: Any) -> Any:
@@ -160,7 +159,7 @@ class Pack:
                 if not rider:
                     log.info("member %s", rundir.summary_line(member.run_dir))
         ours = [r for r, rider in zip(results, self.riders, strict=True) if not rider]
-        return EXIT_DIVERGED if any(r.status == "diverged" for r in ours) else 0
+        return EXIT_DIVERGED if any(r.status == rundir.DIVERGED for r in ours) else 0
 
 
 def _resume_state(ckpt: Path, members: Sequence[Member]) -> tuple[tuple[int, int], list[bool]]:
@@ -202,7 +201,7 @@ def prepare_pack(pack_dir: Path, entries: Sequence[dict[str, Any]], ckpt: Path |
         _claim(pack_dir, members, ckpt is not None, stack)
         riders = []
         for member, was_alive in zip(members, alive, strict=True):
-            ended = (rundir.read_status(member.run_dir) or {}).get("status") in DONE
+            ended = (rundir.read_status(member.run_dir) or {}).get("status") in rundir.DONE
             riders.append(ckpt is not None and (ended or not was_alive))
         if write_members:
             write_pack(pack_dir, entries)

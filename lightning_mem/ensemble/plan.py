@@ -34,16 +34,21 @@ import yaml
 
 from lightning_mem import rundir
 
-# Dotted keys (sweep parameters, ``fit`` options) that may differ between the members of one ensemble,
-# and the field of :class:`lightning_mem.ensemble.stacked.MemberSpec` each one sets.
-PACKABLE_PARAMS = {
-    "seed_everything": "seed",
-    "model.net.init_std": "init_std",
-    "model.net.init_args.init_std": "init_std",
-    "model.lr": "lr",
-    "model.loss_scale": "loss_scale",
-    "data.label_seed": "label_seed",
+# The one table of what the members of an ensemble may differ in: the field of MemberSpec
+# (lightning_mem.ensemble.stacked) -> (the ``fit`` option that sets it, the key of the parsed config that
+# holds it). Order: the order of ``--ensemble.<key>`` combinations (the last varies fastest).
+PACKABLE = {
+    "init_std": ("--model.net.init_std", "model.net.init_args.init_std"),
+    "seed": ("--seed_everything", "seed_everything"),
+    "lr": ("--model.lr", "model.lr"),
+    "loss_scale": ("--model.loss_scale", "model.loss_scale"),
+    "label_seed": ("--data.label_seed", "data.label_seed"),
 }
+# Derived views: ``--ensemble.<field>`` -> fit option; dotted keys a sweep parameter (or a stored config)
+# may use -> field; the parsed config's keys.
+ENSEMBLE_KEYS = {field: option for field, (option, _) in PACKABLE.items()}
+PACKABLE_PARAMS = {key: field for field, (option, stored) in PACKABLE.items() for key in (option[2:], stored)}
+PACKABLE_CONFIG = tuple(stored for _, stored in PACKABLE.values())
 # The one architecture an ensemble stacks, as a command line or YAML may name it before anything is parsed
 # (torch-free here; tests/ensemble/test_plan.py checks that each path resolves to the ScaledMLP class).
 STACKED_NET_PATHS = ("lightning_mem.nets.ScaledMLP", "lightning_mem.nets.paper.ScaledMLP", "ScaledMLP")

@@ -1,7 +1,7 @@
 """Running an ensemble: build it from members, fit it on a Lightning Trainer, return per-member results.
 
 This is the entry point for the CLI and the sweep runner: a group of grid points that differ only in
-the packable keys (:data:`PACKABLE_KEYS`) becomes a list of
+the packable keys (:data:`~lightning_mem.ensemble.plan.PACKABLE_PARAMS`) becomes a list of
 :class:`~lightning_mem.ensemble.stacked.MemberSpec`;
 :func:`build_ensemble` makes the system and the data, :func:`fit_ensemble` trains them and returns one
 plain :class:`MemberResult` per member (status, divergence record, last value of every logged key,
@@ -23,16 +23,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_mem import rundir
 from lightning_mem.ensemble.data import EnsembleData
 from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
-from lightning_mem.ensemble.plan import PACKABLE_PARAMS
 from lightning_mem.ensemble.stacked import MemberSpec, StackedMLP
 from lightning_mem.nets import Activation
 from lightning_mem.rundir import write_status
 
 # Dotted config keys of a single run that may differ between the members of one ensemble.
-PACKABLE_KEYS = PACKABLE_PARAMS
 
 
 @dataclass
@@ -130,7 +129,7 @@ class MemberStatus(L.Callback):
         if path is not None and k not in self._ended:
             epoch = trainer.current_epoch if epoch is None else epoch
             write_status(path, status, global_step=trainer.global_step, epoch=epoch, **fields)
-            if status != "running":
+            if status != rundir.RUNNING:
                 self._ended.add(k)
 
     def _diverged(self, trainer: L.Trainer, module: L.LightningModule) -> list[bool]:
@@ -139,14 +138,14 @@ class MemberStatus(L.Callback):
         records = module.divergence()  # one host read
         for k, d in enumerate(records):
             if d is not None:
-                self._write(trainer, k, "diverged", epoch=d["epoch"], diverged_step=d["step"],
+                self._write(trainer, k, rundir.DIVERGED, epoch=d["epoch"], diverged_step=d["step"],
                             reason=d["reason"], message=d["message"])
         return [d is None for d in records]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for k, alive in enumerate(self._diverged(trainer, pl_module)):
             if alive:
-                self._write(trainer, k, "running", pid=os.getpid(), host=socket.gethostname())
+                self._write(trainer, k, rundir.RUNNING, pid=os.getpid(), host=socket.gethostname())
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._diverged(trainer, pl_module)
@@ -154,7 +153,7 @@ class MemberStatus(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for k, alive in enumerate(self._diverged(trainer, pl_module)):
             if alive:
-                self._write(trainer, k, "finished")
+                self._write(trainer, k, rundir.FINISHED)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -164,10 +163,10 @@ class MemberStatus(L.Callback):
         assert isinstance(pl_module, EnsembleModule)
         pl_module.save_member_logs()  # the rows logged so far reach the files (Lightning flushes its own)
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            status = "interrupted"
+            status = rundir.INTERRUPTED
             reason = "SIGTERM" if isinstance(exception, SIGTERMException) else "KeyboardInterrupt"
         else:
-            status, reason = "failed", f"{type(exception).__name__}: {exception}"
+            status, reason = rundir.FAILED, f"{type(exception).__name__}: {exception}"
         for k, alive in enumerate(self._diverged(trainer, pl_module)):
             if alive:
                 self._write(trainer, k, status, reason=reason)
@@ -229,6 +228,7 @@ def fit_ensemble(
     results = []
     for k, divergence in enumerate(module.divergence()):
         ckpt = saver.path(k) if saver is not None and saver.path(k).is_file() else None
-        results.append(MemberResult(module.members[k], "finished" if divergence is None else "diverged",
-                                    dict(module.last_metrics[k]), divergence, str(ckpt) if ckpt else None))
+        status = rundir.FINISHED if divergence is None else rundir.DIVERGED
+        results.append(MemberResult(module.members[k], status, dict(module.last_metrics[k]), divergence,
+                                    str(ckpt) if ckpt else None))
     return results

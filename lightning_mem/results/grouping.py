@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lightning_mem import rundir
 from lightning_mem.rundir import HP_KEYS
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def run_numbers(run: Run, keys: Keys, tail: int = 5) -> dict[str, float]:
     """Final numbers of one run (NaN where the metric is absent): last train and held-out accuracy,
     best held-out accuracy, mean of the last ``tail`` alignments of training batches, last held-out
     alignment, mean ‖∇W1‖/‖W1‖ over training. A diverged run has none (all NaN)."""
-    if run.status == "diverged":  # what it logged before diverging is not an outcome
+    if run.status == rundir.DIVERGED:  # what it logged before diverging is not an outcome
         return dict.fromkeys(COLUMNS, math.nan)
     keys = keys.resolve(run)
 

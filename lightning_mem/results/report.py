@@ -33,6 +33,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_mem import rundir
 from lightning_mem.checks import path_arg
 from lightning_mem.results.figures import (
     plot_acc_vs_alignment,
@@ -64,7 +65,7 @@ def summary_table(runs: Sequence[Run], layout: Layout, keys: Keys, tail: int = 5
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for values, members in grouped(runs, layout.group).items():
         nums = [run_numbers(r, keys, tail) for r in members]
-        diverged = sum(r.status == "diverged" for r in members)
+        diverged = sum(r.status == rundir.DIVERGED for r in members)
         count = f"{len(members)}" + (f" ({diverged} diverged)" if diverged else "")
         cells = [fmt_value(v) for v in values] + [count]
         cells += [fmt_mean_std(*mean_std([n[c] for n in nums])) for c in COLUMNS]

@@ -36,7 +36,6 @@ from lightning_mem.rundir import HP_KEYS, RunDirError
 
 log = logging.getLogger(__name__)
 
-FINISHED = frozenset({"finished", "diverged"})  # what `report` reports: a diverged run is a result
 
 
 # ---------------------------------------------------------------------------- loading
@@ -57,7 +56,7 @@ class Run:
     path: Path
     params: dict[str, Any]
     metrics: dict[str, Series] = field(default_factory=dict)
-    status: str = "finished"  # one of rundir.EFFECTIVE_STATUSES ("killed": "running" with its process gone)
+    status: str = rundir.FINISHED  # one of rundir.EFFECTIVE_STATUSES (killed: running, its process gone)
     hp: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)  # status.json (step, epoch, reason, ...)
 
@@ -138,7 +137,8 @@ def load_run(path: Path, params: dict[str, Any] | None = None, status: str | Non
     """One run folder; ``params`` (a manifest's CLI keys) fill keys ``config.yaml`` lacks; ``status``
     (a manifest's final status) overrides ``status.json``. None (logged) without ``metrics.csv``,
     unless the manifest says the run failed, was interrupted or killed (a run without rows)."""
-    if not (path / rundir.METRICS).is_file() and status not in ("failed", "interrupted", rundir.KILLED):
+    no_rows = (rundir.FAILED, rundir.INTERRUPTED, rundir.KILLED)
+    if not (path / rundir.METRICS).is_file() and status not in no_rows:
         log.warning("skipping %s: no metrics.csv", path)
         return None
     config = _read_config(path)
@@ -156,18 +156,18 @@ def load_run(path: Path, params: dict[str, Any] | None = None, status: str | Non
     metrics = series(rundir.read_metrics(path))
     # A "running" record counts only while its process holds the run folder's lock, else "killed".
     now = rundir.effective_status(path, record) if record is not None else None
-    final = status or now or "finished"  # no status.json: an older version
+    final = status or now or rundir.FINISHED  # no status.json: an older version
     return Run(path, flat, metrics, final, hp, record or {})
 
 
-def load_manifest(path: Path, statuses: Iterable[str] | None = FINISHED) -> list[Run]:
+def load_manifest(path: Path, statuses: Iterable[str] | None = rundir.DONE) -> list[Run]:
     """Runs of a sweep manifest (``run_dir`` relative to the manifest or absolute) whose status is in
     ``statuses`` (all with a run folder when None)."""
     runs = []
     wanted = None if statuses is None else set(statuses)
     for run_id, entry in rundir.read_manifest(path)["runs"].items():
         status, where = entry["status"], entry.get("run_dir")
-        if (wanted is not None and status not in wanted) or status == "pending":
+        if (wanted is not None and status not in wanted) or status == rundir.PENDING:
             log.info("skipping run %s of %s: status %r", run_id, path, status)
             continue
         if not where:
@@ -177,8 +177,8 @@ def load_manifest(path: Path, statuses: Iterable[str] | None = FINISHED) -> list
         if not run_dir.is_absolute() and not run_dir.exists():
             run_dir = path.parent / run_dir
         params = entry.get("params")
-        terminal = status if status != "running" else None  # a live run's status.json is newer
-        if status == "running" and rundir.read_status(run_dir) is None \
+        terminal = status if status != rundir.RUNNING else None  # a live run's status.json is newer
+        if status == rundir.RUNNING and rundir.read_status(run_dir) is None \
                 and rundir.lock_holder(run_dir) is None:
             terminal = rundir.KILLED  # the runner recorded a start; no process owns the run now
         run = load_run(run_dir, params if isinstance(params, dict) else {}, terminal)
@@ -187,7 +187,7 @@ def load_manifest(path: Path, statuses: Iterable[str] | None = FINISHED) -> list
     return runs
 
 
-def load_runs(paths: Iterable[str | Path], statuses: Iterable[str] | None = FINISHED) -> list[Run]:
+def load_runs(paths: Iterable[str | Path], statuses: Iterable[str] | None = rundir.DONE) -> list[Run]:
     """Runs from run folders, folders of runs (searched recursively) and manifests; no duplicates.
 
     Only runs whose status is in ``statuses`` (default: finished and diverged, what ``report`` shows;

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from lightning_mem.errors import LockedError, RunDirError
+
 log = logging.getLogger(__name__)
 
 METRICS = "metrics.csv"
@@ -56,15 +58,15 @@ LOCK = ".lock"
 OUTPUT_LOG = "output.log"
 ARGS_JSON = "args.json"
 
-STATUSES = ("running", "finished", "diverged", "interrupted", "failed")  # what status.json holds
+# How a run stands: the one home of these names (status.json, the sweep manifest, reports, dashboards).
+RUNNING, FINISHED, DIVERGED, INTERRUPTED, FAILED = "running", "finished", "diverged", "interrupted", "failed"
+STATUSES = (RUNNING, FINISHED, DIVERGED, INTERRUPTED, FAILED)  # what status.json holds
 KILLED = "killed"  # a "running" record whose process is gone (SIGKILL, OOM killer): see effective_status
 EFFECTIVE_STATUSES = (*STATUSES, KILLED)
+PENDING = "pending"  # a sweep's run that has not started (the manifest only)
+DONE = (FINISHED, DIVERGED)  # ended with a result: a rerun skips it, a report counts it
 # One folder name: no separator, not "." or "..", no leading dot or dash (hidden files, options).
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+-]{0,127}")
-
-
-class RunDirError(ValueError):
-    """Bad input about the run folder: a corrupt file, a bad name, a folder in use."""
 
 
 def _now() -> str:
@@ -540,10 +542,6 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- locks
-
-
-class LockedError(RunDirError):
-    """The folder is owned by another live process."""
 
 
 class FolderLock:

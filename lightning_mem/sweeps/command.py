@@ -36,8 +36,9 @@ from pathlib import Path
 
 from lightning_mem import rundir
 from lightning_mem.checks import path_arg
+from lightning_mem.errors import EXIT_BAD_INPUT
 from lightning_mem.sweeps.launch import cmd_agents, slots_of
-from lightning_mem.sweeps.runner import DONE, LocalSweep
+from lightning_mem.sweeps.runner import LocalSweep
 from lightning_mem.sweeps.spec import check_runs
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,9 @@ def _dry_run_packs(sweep: LocalSweep, slots: list[str | None]) -> int:
     """``--dry-run --pack``: each process the sweep would start, a pack with its runs listed."""
     for rid in sweep.grid:
         entry = sweep.runs[rid]
-        if entry["status"] in DONE:
+        if entry["status"] in rundir.DONE:
             sys.stdout.write(f"# {entry['status']}, skipped: {shlex.join(entry['command'])}\n")
-    todo = [rid for rid in sweep.grid if sweep.runs[rid]["status"] not in DONE]
+    todo = [rid for rid in sweep.grid if sweep.runs[rid]["status"] not in rundir.DONE]
     for job in sweep.jobs(todo, len(slots)):
         if job.pack is None:
             sys.stdout.write(f"{shlex.join(sweep.runs[job.rids[0]]['command'])}\n")
@@ -79,7 +80,7 @@ def cmd_local(args: argparse.Namespace) -> int:
             entry = sweep.runs[rid]
             gpu = slots[i % len(slots)]
             prefix = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else ""
-            skip = f"# {entry['status']}, skipped: " if entry["status"] in DONE else ""
+            skip = f"# {entry['status']}, skipped: " if entry["status"] in rundir.DONE else ""
             sys.stdout.write(f"{skip}{prefix}{shlex.join(entry['command'])}\n")
         return 0
     if sweep.manifest.is_file():
@@ -173,7 +174,7 @@ def run(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as err:  # RunDirError and SearchError are ValueErrors
         log.error("%s", err)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 def main(argv: list[str] | None = None) -> None:

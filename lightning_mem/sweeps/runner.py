@@ -34,7 +34,6 @@ from lightning_mem.sweeps.spec import UNSAFE, args_json, build_command, load_spe
 
 log = logging.getLogger(__name__)
 
-DONE = ("finished", "diverged")  # statuses a rerun skips; every other status is run again
 
 
 # ---------------------------------------------------------------------------- runs
@@ -45,11 +44,11 @@ def run_status(run_dir: Path, returncode: int, metrics: dict[str, float | None])
     its last train loss is not finite; else finished / failed by exit code."""
     record = rundir.read_status(run_dir) or {}
     reason = record.get("reason")
-    if record.get("status") == "diverged":
-        return "diverged", reason
+    if record.get("status") == rundir.DIVERGED:
+        return rundir.DIVERGED, reason
     if returncode == 0 and "train/loss" in metrics and metrics["train/loss"] is None:
-        return "diverged", "last train/loss is not finite"
-    return ("finished", None) if returncode == 0 else ("failed", reason)
+        return rundir.DIVERGED, "last train/loss is not finite"
+    return (rundir.FINISHED, None) if returncode == 0 else (rundir.FAILED, reason)
 
 
 def member_status(
@@ -62,13 +61,13 @@ def member_status(
     except RunDirError as err:  # a metrics.csv that is not one
         metrics, broken = {}, str(err)
     record = rundir.read_status(run_dir) or {}
-    status, reason = str(record.get("status", "failed")), record.get("reason")
+    status, reason = str(record.get("status", rundir.FAILED)), record.get("reason")
     if interrupted:
-        status = "interrupted"
-    elif status not in DONE:
-        status, reason = "failed", reason or error_line(output_log)
-    if broken and status == "finished":
-        status, reason = "failed", broken
+        status = rundir.INTERRUPTED
+    elif status not in rundir.DONE:
+        status, reason = rundir.FAILED, reason or error_line(output_log)
+    if broken and status == rundir.FINISHED:
+        status, reason = rundir.FAILED, broken
     return status, reason, metrics
 
 
@@ -124,14 +123,15 @@ class LocalSweep:
         """The manifest's runs (RunDirError naming it if it is not one), then this file's commands."""
         self.runs = dict(rundir.read_manifest(self.manifest)["runs"]) if self.manifest.is_file() else {}
         for entry in self.runs.values():  # a runner killed with its runs left them "running"
-            if entry["status"] == "running" and rundir.lock_holder(Path(str(entry.get("run_dir")))) is None:
+            run_dir = Path(str(entry.get("run_dir")))
+            if entry["status"] == rundir.RUNNING and rundir.lock_holder(run_dir) is None:
                 entry.update(status=rundir.KILLED, reason="its process is gone (killed with its runner)")
         for rid, params in self.params.items():
             run_dir = self.dir / rid
             command = build_command(self.spec["command"], params, run_dir / rundir.ARGS_JSON,
                                     self.spec.get("program"))
             command += ["--run.root", str(self.root), "--run.name", self.name, "--run.id", rid]
-            entry = self.runs.setdefault(rid, {"status": "pending", "attempts": 0})
+            entry = self.runs.setdefault(rid, {"status": rundir.PENDING, "attempts": 0})
             entry.update(params=params, run_dir=str(run_dir), command=command)
 
     def save(self) -> None:
@@ -161,7 +161,7 @@ class LocalSweep:
             # Own session: a terminal's Ctrl-C reaches the runner only, which stops the children in order.
             proc = subprocess.Popen(entry["command"], env=env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
-        entry.update(status="running", attempts=entry.get("attempts", 0) + 1, returncode=None, gpu=gpu,
+        entry.update(status=rundir.RUNNING, attempts=entry.get("attempts", 0) + 1, returncode=None, gpu=gpu,
                      pid=proc.pid, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), duration_s=None, metrics={})
         self._t0[rid] = time.monotonic()
         log.info("start %s (gpu %s): %s", rid, gpu if gpu is not None else "-", shlex.join(entry["command"]))
@@ -174,21 +174,24 @@ class LocalSweep:
             metrics, broken = rundir.final_metrics(run_dir), None
         except RunDirError as err:  # the run left a metrics.csv that is not one
             metrics, broken = {}, str(err)
-        status, reason = ("interrupted", None) if interrupted else run_status(run_dir, returncode, metrics)
-        if broken and status == "finished":
-            status, reason = "failed", broken
-        if status == "failed" and reason is None:
+        if interrupted:
+            status, reason = rundir.INTERRUPTED, None
+        else:
+            status, reason = run_status(run_dir, returncode, metrics)
+        if broken and status == rundir.FINISHED:
+            status, reason = rundir.FAILED, broken
+        if status == rundir.FAILED and reason is None:
             reason = error_line(run_dir / rundir.OUTPUT_LOG)
         entry.update(status=status, reason=reason, returncode=returncode, metrics=metrics,
                      duration_s=round(time.monotonic() - self._t0.pop(rid), 2))
         entry.pop("pid", None)
-        level = logging.INFO if status in DONE else logging.WARNING
+        level = logging.INFO if status in rundir.DONE else logging.WARNING
         log.log(level, "%s %s (exit %s, %.1f s); log: %s", status, rid, returncode, entry["duration_s"],
                 run_dir / rundir.OUTPUT_LOG)
 
     def run(self, slots: list[str | None], poll: float = 0.2) -> int:
         """Run every run not done, one per slot; 0 if all are done, 1 if any failed, 128+signal if stopped."""
-        todo_runs = [rid for rid in self.grid if self.runs[rid]["status"] not in DONE]
+        todo_runs = [rid for rid in self.grid if self.runs[rid]["status"] not in rundir.DONE]
         todo = self.jobs(todo_runs, len(slots))
         log.info("sweep %s: %d runs, %d to run%s; manifest %s", self.name, len(self.grid), len(todo_runs),
                  f" in {len(todo)} processes" if self.pack else "", self.manifest)
@@ -204,7 +207,7 @@ class LocalSweep:
                     except (OSError, RunDirError) as err:  # not installed; a fit still owns the folder
                         reason = f"could not start: {err}"
                         for rid in job.rids:
-                            self.runs[rid].update(status="failed", reason=reason, returncode=None)
+                            self.runs[rid].update(status=rundir.FAILED, reason=reason, returncode=None)
                         log.warning("failed %s: %s", job.key, reason)
                     self.save()
                 for key, (proc, _, job) in list(running.items()):
@@ -218,7 +221,7 @@ class LocalSweep:
         statuses = [self.runs[rid]["status"] for rid in self.grid]
         if signals.received is not None:
             return 128 + signals.received
-        return 0 if all(s in DONE for s in statuses) else 1
+        return 0 if all(s in rundir.DONE for s in statuses) else 1
 
     def _stop(self, running: dict[str, tuple[subprocess.Popen[bytes], int, Job]]) -> None:
         """SIGTERM every child's process group (DDP ranks included), SIGKILL after ``kill_timeout``."""
@@ -279,7 +282,7 @@ class LocalSweep:
                 continue
             if (rundir.last_checkpoint(self.dir / pack).is_file() and set(members) <= set(self.params)
                     and ensemble_plan.pack_id(members) == pack):
-                pending = [m for m in members if self.runs[m]["status"] not in DONE]
+                pending = [m for m in members if self.runs[m]["status"] not in rundir.DONE]
                 jobs.append(Job(pending, pack, resume=True))
         return jobs
 
@@ -313,8 +316,8 @@ class LocalSweep:
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for rid in job.rids:
             entry = self.runs[rid]
-            entry.update(status="running", attempts=entry.get("attempts", 0) + 1, returncode=None, gpu=gpu,
-                         pid=proc.pid, started=started, duration_s=None, metrics={}, pack=job.pack)
+            entry.update(status=rundir.RUNNING, attempts=entry.get("attempts", 0) + 1, returncode=None,
+                         gpu=gpu, pid=proc.pid, started=started, duration_s=None, metrics={}, pack=job.pack)
             self._t0[rid] = time.monotonic()
         log.info("start %s (%d runs%s, gpu %s): %s", job.pack, len(job.rids),
                  ", resumed" if job.resume else "", gpu if gpu is not None else "-", shlex.join(command))
@@ -332,7 +335,7 @@ class LocalSweep:
             log.warning("%s refused its %d runs (%s); they run alone", job.pack, len(job.rids), refusal)
             for rid in job.rids:  # not an attempt: nothing ran
                 entry = self.runs[rid]
-                entry.update(status="pending", pack=None, reason=refusal, attempts=entry["attempts"] - 1)
+                entry.update(status=rundir.PENDING, pack=None, reason=refusal, attempts=entry["attempts"] - 1)
                 entry.pop("pid", None)
                 self._t0.pop(rid, None)
             return [Job([rid]) for rid in job.rids]
@@ -354,7 +357,7 @@ class LocalSweep:
             m = e.get("metrics") or {}
             accs = "  ".join(f"{k}={m[k]:.4f}" for k in ("train/acc", "val/acc") if m.get(k) is not None)
             dur = f"{e['duration_s']:.1f}s" if e.get("duration_s") is not None else "-"
-            why = f"  ({e['reason']})" if e.get("reason") and e["status"] != "finished" else ""
+            why = f"  ({e['reason']})" if e.get("reason") and e["status"] != rundir.FINISHED else ""
             lines.append(f"  {e['status']:<11} {dur:>8}  {rid}  {accs}{why}")
         counts = Counter(self.runs[rid]["status"] for rid in self.grid)
         lines.append("  " + ", ".join(f"{n} {status}" for status, n in counts.items()))

@@ -50,12 +50,10 @@ from collections.abc import Callable
 from statistics import NormalDist
 from typing import Any
 
+from lightning_mem.errors import SearchError
+
 GRID_HINT = "give it `values: [...]` or `value: x`"
 _NUMBER = (int, float)
-
-
-class SearchError(ValueError):
-    """A parameter of a sweep file that this search cannot use; the message names it."""
 
 
 def _is_int(x: Any) -> bool:

@@ -33,16 +33,13 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_mem import _compat, rundir
+from lightning_mem.errors import CheckpointError
 
 # Internal keys of Lightning's hparams record, and values the CLI links from the dataset or the run seed
 # (given again they would clash with the link; they are compared after it is applied).
 _INTERNAL = _compat.CLI_INTERNAL_HPARAMS
 _LINKED_NET_ARGS = ("num_classes", "input_shape")
 _LINKED_DATA_ARGS = ("seed",)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, not Lightning's, or of another model."""
 
 
 def load_checkpoint(path: Path, key: str = "ckpt_path") -> dict[str, Any]:

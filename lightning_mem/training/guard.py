@@ -25,22 +25,9 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
+from lightning_mem import rundir
+from lightning_mem.errors import DivergedError
 from lightning_mem.rundir import write_status
-
-
-class DivergedError(RuntimeError):
-    """Training produced a non-finite loss or weight.
-
-    Attributes:
-        step: The optimizer step (``global_step`` before it) whose loss was first non-finite, or the
-            step at which a non-finite weight was found.
-        epoch: The epoch of that step.
-        reason: What was non-finite, e.g. ``"the training loss is nan"``.
-    """
-
-    def __init__(self, message: str, step: int, epoch: int, reason: str) -> None:
-        super().__init__(message)
-        self.step, self.epoch, self.reason = step, epoch, reason
 
 
 def _hparam(pl_module: L.LightningModule, name: str) -> Any:
@@ -238,7 +225,7 @@ class RunStatus(L.Callback):
                          epoch=trainer.current_epoch, **fields)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, "running", pid=os.getpid(), host=socket.gethostname())
+        self._write(trainer, rundir.RUNNING, pid=os.getpid(), host=socket.gethostname())
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for logger in trainer.loggers:
@@ -248,7 +235,7 @@ class RunStatus(L.Callback):
         self.batches_started += 1
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, "finished")
+        self._write(trainer, rundir.FINISHED)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -256,10 +243,10 @@ class RunStatus(L.Callback):
         if trainer.state.fn != "fit":
             return
         if isinstance(exception, DivergedError):
-            self._write(trainer, "diverged", diverged_step=exception.step, reason=exception.reason,
+            self._write(trainer, rundir.DIVERGED, diverged_step=exception.step, reason=exception.reason,
                         message=str(exception))
         elif isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             kind = "SIGTERM" if isinstance(exception, SIGTERMException) else "KeyboardInterrupt"
-            self._write(trainer, "interrupted", reason=kind)
+            self._write(trainer, rundir.INTERRUPTED, reason=kind)
         else:
-            self._write(trainer, "failed", reason=f"{type(exception).__name__}: {exception}")
+            self._write(trainer, rundir.FAILED, reason=f"{type(exception).__name__}: {exception}")
