@@ -28,6 +28,8 @@ from typing import Any, TypeGuard
 
 import yaml
 
+from lightning_mem.dotted import flat_items
+
 CONFIG_OPTIONS = ("--config", "--model", "--data", "--trainer")  # options whose value is a config file
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything enforces
 INT_MAX = 2**63 - 1  # a C long: torch, numpy and Lightning convert integers to it
@@ -96,17 +98,6 @@ def check_config_files(argv: Sequence[str]) -> None:
         load_config_file(option, value)
 
 
-def _flat(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(tree, Mapping):
-        for key, value in tree.items():
-            yield from _flat(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(tree, (list, tuple)):
-        for i, value in enumerate(tree):
-            yield from _flat(value, f"{prefix}[{i}]")
-    else:
-        yield prefix, tree
-
-
 def problem_files(argv: Sequence[str], key: str) -> list[str]:
     """The config files on the command line that set the dotted ``key`` (``model.lrr``), for a message
     about a key the parser refused."""
@@ -117,7 +108,7 @@ def problem_files(argv: Sequence[str], key: str) -> list[str]:
         except ValueError:
             continue
         prefix = "" if option == "--config" else option[2:]
-        keys = {k.replace(".init_args", "") for k, _ in _flat(loaded or {}, prefix)}
+        keys = {k.replace(".init_args", "") for k, _ in flat_items(loaded or {}, prefix)}
         if any(k == key or k.startswith(key + ".") for k in keys):
             found.append(value)
     return found
@@ -131,11 +122,11 @@ def check_values(config: Mapping[str, Any]) -> list[str]:
     """Messages about the values of one subcommand's parsed config (a plain nested dict); [] if fine."""
     linked = {"data.seed"}  # the CLI links it from seed_everything: one message is enough
     problems = [f"{key}={value} is too large: integers here go to a C long (at most 2**63-1)"
-                for key, value in _flat(config)
+                for key, value in flat_items(config)
                 if _is_int(value) and abs(value) > INT_MAX and key not in linked]
     problems += [f"{key}={value:g} is beyond float32's range (±{FLOAT32_MAX:.1e}): the net and its optimizer "
                  "compute in float32"
-                 for key, value in _flat({"model": config.get("model") or {}})
+                 for key, value in flat_items({"model": config.get("model") or {}})
                  if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX
                  and str((config.get("trainer") or {}).get("precision")) not in ("64", "64-true")]
     if problems:

@@ -35,6 +35,7 @@ from lightning_mem import _compat, rundir
 from lightning_mem.alignment.monitor import AlignmentMonitor
 from lightning_mem.cli.fit import RUN_ID_ENV, MemCLI, build_cli
 from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.dotted import flatten
 from lightning_mem.ensemble.plan import PACKABLE_CONFIG
 from lightning_mem.ensemble.stacked import MemberSpec
 from lightning_mem.errors import PackError, StopAfterParsing
@@ -155,15 +156,6 @@ def parse_member(run_id: str, argv: Sequence[str]) -> Member:
 # ---------------------------------------------------------------------------- one ensemble of them
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested config; list items by index (``trainer.logger.0.init_args.version``)."""
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
-    out: dict[str, Any] = {}
-    for key, value in items:
-        out |= _flat(value, f"{prefix}{key}.")
-    return out if out else {prefix[:-1]: tree}
-
-
 def _own_paths(member: Member) -> dict[str, Any]:
     """The member's flat config with its packable keys dropped and its run id and folder as placeholders."""
     run_id, run_dir = member.run_id, str(member.run_dir)
@@ -177,7 +169,7 @@ def _own_paths(member: Member) -> dict[str, Any]:
 
     config = member.config.as_dict()
     config.pop("config", None)  # the --config files: each member may have its own (a sweep's args.json)
-    flat = _flat(config)
+    flat = flatten(config)
     for key in ("data.seed", *PACKABLE_CONFIG):  # data.seed: linked from seed_everything
         flat.pop(key, None)
     return {key: generic(value) for key, value in flat.items()}
@@ -231,7 +223,7 @@ def _check_distinct(members: Sequence[Member]) -> None:
     trained twice into two folders: :class:`PackError` naming both and their values."""
     seen: dict[tuple[str, ...], str] = {}
     for m in members:
-        flat = _flat(m.config.as_dict())
+        flat = flatten(m.config.as_dict())
         values = tuple(repr(flat.get(key)) for key in PACKABLE_CONFIG)
         if values in seen:
             shown = ", ".join(f"{key}={value}" for key, value in zip(PACKABLE_CONFIG, values, strict=True))

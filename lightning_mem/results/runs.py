@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from lightning_mem import rundir
+from lightning_mem.dotted import flat_items
 from lightning_mem.rundir import HP_KEYS, RunDirError
 
 log = logging.getLogger(__name__)
@@ -75,15 +76,15 @@ class Run:
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> {dotted key: leaf}; lists are kept as leaves (made hashable as tuples)."""
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(tree, list):
-        return {prefix: tuple(json.dumps(x, sort_keys=True, default=str) for x in tree)}
-    return {prefix: tree}
+    """Nested dicts -> {dotted key: leaf} (:func:`lightning_mem.dotted.flat_items`); lists are kept as
+    leaves, made hashable as tuples, so runs group on them."""
+    out: dict[str, Any] = {}
+    for key, value in flat_items(tree, prefix, lists="leaf"):
+        if isinstance(value, list):
+            out[key] = tuple(json.dumps(x, sort_keys=True, default=str) for x in value)
+        elif not (isinstance(value, dict) and not value):  # an empty section sets nothing
+            out[key] = value
+    return out
 
 
 def series(table: rundir.MetricsTable) -> dict[str, Series]:

@@ -108,7 +108,7 @@ def default_overrides(ckpt: Mapping[str, Any], subcommand: str) -> dict[str, Any
     return defaults
 
 
-def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
+def _model_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """``{"net": {"class_path": c, "init_args": {...}}, "lr": ...}`` -> ``{"net": "ScaledMLP",
     "width": ..., "lr": ...}``; tuples as lists (YAML has no tuples)."""
     out: dict[str, Any] = {}
@@ -129,7 +129,7 @@ def config_differences(ckpt: Mapping[str, Any], config: Mapping[str, Any]) -> li
     recorded = model_config(ckpt)
     if recorded is None:
         return []
-    theirs, ours = _flat(recorded), _flat(config)
+    theirs, ours = _model_params(recorded), _model_params(config)
     return [f"checkpoint has {key} {theirs[key]!r}, config asks for {ours[key]!r}"
             for key in theirs if key in ours and theirs[key] != ours[key]]
 
