@@ -28,6 +28,7 @@ from typing import Any, TypeGuard
 
 import yaml
 
+from lightning_mem.cli.argv import option_values
 from lightning_mem.dotted import flat_items
 
 CONFIG_OPTIONS = ("--config", "--model", "--data", "--trainer")  # options whose value is a config file
@@ -39,12 +40,7 @@ MAPPING_EXAMPLE = "e.g. `model: {lr: 0.1}`"
 
 def config_paths(argv: Sequence[str]) -> Iterator[tuple[str, str]]:
     """(option, value) of every config-file option in a raw argument list."""
-    for i, arg in enumerate(argv):
-        for option in CONFIG_OPTIONS:
-            if arg == option and i + 1 < len(argv):
-                yield option, argv[i + 1]
-            elif arg.startswith(option + "="):
-                yield option, arg.split("=", 1)[1]
+    return option_values(argv, CONFIG_OPTIONS)
 
 
 def _looks_inline(value: str) -> bool:

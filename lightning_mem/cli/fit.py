@@ -37,6 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lightning_mem import rundir
 from lightning_mem.cli import argchecks
+from lightning_mem.cli.argv import option_values
 from lightning_mem.data.datamodule import DATASETS, ImageClassificationData
 from lightning_mem.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGTERM, StopAfterParsing
 from lightning_mem.training.checkpoints import (
@@ -107,13 +108,8 @@ def _data_seed(seed: Any) -> int:
 def _scan(argv: Sequence[str]) -> tuple[str | None, str | None]:
     """(subcommand, --ckpt_path value) from a raw argument list, before parsing."""
     sub = next((a for a in argv if a in MemCLI.subcommands()), None)
-    ckpt = None
-    for i, arg in enumerate(argv):
-        if arg == "--ckpt_path" and i + 1 < len(argv):
-            ckpt = argv[i + 1]
-        elif arg.startswith("--ckpt_path="):
-            ckpt = arg.split("=", 1)[1]
-    return sub, ckpt
+    found = [value for _, value in option_values(argv, ("--ckpt_path",))]
+    return sub, found[-1] if found else None  # the last one counts, as for the parser
 
 
 class ConfigToRun(SaveConfigCallback):

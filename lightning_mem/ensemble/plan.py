@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from lightning_mem import rundir
+from lightning_mem.cli.argv import fit_args, options
 
 # The one table of what the members of an ensemble may differ in: the field of MemberSpec
 # (lightning_mem.ensemble.stacked) -> (the ``fit`` option that sets it, the key of the parsed config that
@@ -56,30 +57,6 @@ PACK_JSON = "pack.json"
 PACK_PREFIX = "pack-"
 
 
-def fit_args(command: Sequence[str]) -> list[str] | None:
-    """The arguments after ``fit`` when ``command`` runs the fit CLI (``.../lightning-mem fit ...``,
-    ``python -m lightning_mem fit ...``), else None."""
-    for i, arg in enumerate(command[:-1]):
-        after = command[i + 1 :]
-        if Path(arg).name == "lightning-mem" and after[0] == "fit":
-            return list(after[1:])
-        if arg == "-m" and after[0] == "lightning_mem" and len(after) > 1 and after[1] == "fit":
-            return list(after[2:])
-    return None
-
-
-def _options(args: Sequence[str]) -> list[tuple[str, str]]:
-    """(``--key``, value) pairs of a command line, for ``--key value`` and ``--key=value``."""
-    pairs = []
-    for i, arg in enumerate(args):
-        if arg.startswith("--") and "=" in arg:
-            key, value = arg.split("=", 1)
-            pairs.append((key, value))
-        elif arg.startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            pairs.append((arg, args[i + 1]))
-    return pairs
-
-
 def _class_of(net: Any) -> str | None:
     if isinstance(net, dict):
         net = net.get("class_path")
@@ -90,7 +67,7 @@ def net_class(args: Sequence[str], params: dict[str, Any]) -> str | None:
     """The ``model.net`` class a fit with ``args`` (after ``fit``) and sweep ``params`` would build, or None
     when it cannot be read without running the CLI (an unreadable config file, an interpolation)."""
     found: str | None = None
-    for key, value in _options(args):
+    for key, value in options(args):
         if key == "--config":
             path = Path(value)
             if not path.is_file():  # the run's args.json, written at its start: its values are the params

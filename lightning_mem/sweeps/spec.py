@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from lightning_mem import rundir
+from lightning_mem.cli.argv import cli_args
 from lightning_mem.sweeps import search
 
 METHODS = ("grid", "random")
@@ -154,13 +155,8 @@ CLI_SUBCOMMANDS = ("fit", "validate", "test")
 def _cli_argv(command: list[str]) -> list[str] | None:
     """The ``fit ...`` part of a built command that runs ``lightning-mem`` (the console script, or ``python
     -m lightning_mem``); None for any other program."""
-    for i, token in enumerate(command):
-        runs_cli = Path(token).name == "lightning-mem" or (
-            token == "-m" and i + 1 < len(command) and command[i + 1] == "lightning_mem")
-        if runs_cli:
-            rest = command[i + (2 if token == "-m" else 1):]
-            return rest if rest and rest[0] in CLI_SUBCOMMANDS else None
-    return None
+    rest = cli_args(command)
+    return rest if rest and rest[0] in CLI_SUBCOMMANDS else None
 
 
 def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any]]) -> None:
