@@ -51,7 +51,7 @@ from lightning_mem.training.checkpoints import (
     state_differences,
 )
 from lightning_mem.training.guard import DivergedError, DivergenceGuard, RunStatus
-from lightning_mem.training.loggers import configure_loggers, setup_wandb_run
+from lightning_mem.training.loggers import configure_loggers, setup_wandb_run, wandb_run_config
 from lightning_mem.training.module import MemorizationModule
 from lightning_mem.training.precision import precision_risk, reduced_precision, tf32_policy
 
@@ -121,8 +121,7 @@ class ConfigToRun(SaveConfigCallback):
         hp = rundir.canonical_hp(config)
         run = config["run"]  # resolved by the CLI; not trainer.log_dir, a collective call (rank 0 only here)
         rundir.write_hp(rundir.run_path(run["root"], run["name"], run["id"]), hp)
-        nested = {k: v for k, v in config.items() if k not in ("config", "trainer")}
-        nested["trainer"] = {k: v for k, v in config.get("trainer", {}).items() if k != "callbacks"}
+        nested = wandb_run_config(config)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 setup_wandb_run(logger.experiment, nested, hp)

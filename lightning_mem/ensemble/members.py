@@ -41,7 +41,7 @@ from lightning_mem.ensemble.stacked import MemberSpec
 from lightning_mem.errors import PackError, StopAfterParsing
 from lightning_mem.nets import ScaledMLP
 from lightning_mem.training.guard import DivergenceGuard, RunStatus
-from lightning_mem.training.loggers import RunCSVLogger, RunWandbLogger
+from lightning_mem.training.loggers import RunCSVLogger, RunWandbLogger, wandb_run_config
 from lightning_mem.training.module import MemorizationModule
 
 # Callbacks of a single run's config that the ensemble replaces with its own per-member form (by class
@@ -116,9 +116,7 @@ class Member:
     def wandb_config(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(nested config, hp) for the member's W&B run, as ``ConfigToRun`` gives them to a single run."""
         config = self.config.as_dict()
-        nested = {k: v for k, v in config.items() if k not in ("config", "trainer")}
-        nested["trainer"] = {k: v for k, v in config.get("trainer", {}).items() if k != "callbacks"}
-        return nested, rundir.canonical_hp(config)
+        return wandb_run_config(config), rundir.canonical_hp(config)
 
 
 @contextlib.contextmanager

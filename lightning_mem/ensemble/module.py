@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lightning_mem.checks import check_choice
 from lightning_mem.ensemble.stacked import MemberSGD, MemberSpec, StackedMLP
+from lightning_mem.training.guard import divergence_message
 from lightning_mem.training.losses import LOSSES
 from lightning_mem.training.module import LossName
 
@@ -306,10 +307,8 @@ class EnsembleModule(L.LightningModule):
             m = self.members[k]
             reason = (f"the training loss is {loss:g}" if not math.isfinite(loss)
                       else "the gradients are non-finite")
-            message = (f"Training diverged at step {step} (epoch {epoch}): {reason}. Likely cause: the "
-                       f"scale of the initialization times the learning rate is too large for this loss "
-                       f"(init_std={m.init_std}, lr={m.lr}, loss={self.loss_name}); lower --model.lr or "
-                       "--model.net.init_std (or scale the loss with --model.loss_scale).")
+            setting = f"init_std={m.init_std}, lr={m.lr}, loss={self.loss_name}"
+            message = divergence_message(step, epoch, reason, setting)
             out.append({"step": step, "epoch": epoch, "reason": reason, "message": message})
         return out
 

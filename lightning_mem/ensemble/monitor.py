@@ -34,6 +34,7 @@ from lightning_mem.alignment.measures import (
     class_measures_from_gram,
     class_sums,
 )
+from lightning_mem.alignment.metric import REP_PREFIX, metric_key
 from lightning_mem.alignment.monitor import AlignmentMonitor
 from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.stacked import StackedLinear, StackedMLP
@@ -259,16 +260,14 @@ class EnsembleAlignmentMonitor(L.Callback):
         keys: list[str] = []
         values: list[Tensor] = []
         for measure, result in stats.items():
-            prefix = "align" if measure == "alignment" else measure
             scale = unit**2 if measure == "confusion" else 1.0  # the only measure that is not scale-invariant
             for i, name in enumerate(names):
-                kind, sub = ("rep", name[4:]) if name.startswith("rep:") else ("grad", name)
-                if kind == "rep" and measure != "alignment":
+                if measure != "alignment" and name.startswith(REP_PREFIX):  # representations: Ω only
                     continue
-                keys.append(f"{prefix}/{kind}/{sub}")
+                keys.append(metric_key(measure, name))
                 values.append(result.mean[:, i : i + 1] * scale)
                 if self.per_class:
-                    keys += [f"{prefix}/{kind}/{sub}/class_{c}" for c in range(C)]
+                    keys += [metric_key(measure, name, c) for c in range(C)]
                     values.append(result.values[:, i] * scale)
         return keys, torch.cat(values, 1)
 

@@ -10,6 +10,7 @@ checkpoint path), which is what each member's ``status.json`` and the sweep mani
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 from collections.abc import Sequence
@@ -100,10 +101,10 @@ class MemberCheckpoint(L.Callback):
         for k, alive in enumerate(pl_module.alive.tolist()):
             if alive:
                 path = self.path(k)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                torch.save(member_checkpoint(pl_module, k, trainer.current_epoch, trainer.global_step), tmp)
-                os.replace(tmp, path)
+                buffer = io.BytesIO()  # one member's weights: small
+                state = member_checkpoint(pl_module, k, trainer.current_epoch, trainer.global_step)
+                torch.save(state, buffer)
+                rundir.atomic_write_bytes(path, buffer.getvalue())  # fsynced, renamed over the old one
 
 
 class MemberStatus(L.Callback):

@@ -30,6 +30,14 @@ from lightning_mem.errors import DivergedError
 from lightning_mem.rundir import write_status
 
 
+def divergence_message(step: int, epoch: int, reason: str, setting: str) -> str:
+    """What a diverged run (or ensemble member) says: where, what was non-finite, the likely cause and
+    the fix; ``setting`` names its σ, lr and loss (``"init_std=10.0, lr=0.03, loss=squared"``)."""
+    return (f"Training diverged at step {step} (epoch {epoch}): {reason}. Likely cause: the scale of the "
+            f"initialization times the learning rate is too large for this loss ({setting}); lower "
+            "--model.lr or --model.net.init_std (or scale the loss with --model.loss_scale).")
+
+
 def _hparam(pl_module: L.LightningModule, name: str) -> Any:
     hparams = getattr(pl_module, "hparams", {})
     return hparams.get(name) if hasattr(hparams, "get") else None
@@ -176,12 +184,8 @@ class DivergenceGuard(L.Callback):
         kept = f" The last good checkpoint is kept: {ckpt}." if ckpt and os.path.isfile(ckpt) else (
             " No checkpoint was written before it."
         )
-        message = (
-            f"Training diverged at step {step} (epoch {epoch}): {reason}. Likely cause: the scale of the "
-            f"initialization times the learning rate is too large for this loss ({setting}); lower "
-            f"--model.lr or --model.net.init_std (or scale the loss with --model.loss_scale).{kept}"
-        )
-        return DivergedError(message, step=step, epoch=epoch, reason=reason)
+        return DivergedError(divergence_message(step, epoch, reason, setting) + kept, step=step, epoch=epoch,
+                             reason=reason)
 
 
 class RunStatus(L.Callback):

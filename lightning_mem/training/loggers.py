@@ -117,6 +117,14 @@ class RunWandbLogger(WandbLogger):
         return None
 
 
+def wandb_run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The nested config a run's W&B config holds: the parsed config less the ``config`` files' list and
+    the Trainer's callbacks (objects, not settings), for single runs and ensemble members alike."""
+    nested = {k: v for k, v in config.items() if k not in ("config", "trainer")}
+    nested["trainer"] = {k: v for k, v in config.get("trainer", {}).items() if k != "callbacks"}
+    return nested
+
+
 def setup_wandb_run(run: Any, config: dict[str, Any], hp: dict[str, Any]) -> None:
     """Declare the step metric and summaries of every key, and put the nested ``config`` and the
     canonical ``hp`` block into the W&B run config."""
