@@ -79,8 +79,8 @@ def test_the_wandb_agent_form_is_documented() -> None:
     image = words.index("lightning-mem")
     assert words[image:image + 3] == ["lightning-mem", "wandb", "agent"]
     assert "-e" in words and "WANDB_API_KEY" in words  # the key from the host, not the image
-    readme = (REPO / "README.md").read_text()
-    assert "lightning-mem wandb agent entity/lightning-mem/" in readme
+    page = (REPO / "docs" / "sweeps.md").read_text()  # the docs show it too
+    assert "lightning-mem wandb agent entity/lightning-mem/" in page
 
 
 def test_wandb_is_a_dependency_of_the_image() -> None:

@@ -72,12 +72,13 @@ def test_a_number_edited_by_hand_in_a_table_fails_the_check(copy: Path) -> None:
     assert "REPRODUCTION.md (committed)" in done.stdout
 
 
-def test_a_number_edited_by_hand_in_a_readme_table_fails_the_check(copy: Path) -> None:
-    row, edited = _edit_first_table_number(copy / "README.md", "<!-- docs:begin alignment -->")
+@pytest.mark.parametrize(("page", "block"), [("README.md", "quickstart"), ("docs/alignment.md", "alignment")])
+def test_a_number_edited_by_hand_in_a_page_table_fails_the_check(copy: Path, page: str, block: str) -> None:
+    row, edited = _edit_first_table_number(copy / page, f"<!-- docs:begin {block} -->")
     done = _check(copy)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"-{edited}" in done.stdout and f"+{row}" in done.stdout
-    assert "README.md (committed)" in done.stdout
+    assert f"{page} (committed)" in done.stdout
 
 
 def test_changed_data_fail_the_check(copy: Path) -> None:
@@ -101,8 +102,8 @@ def test_a_readme_without_its_blocks_is_named(copy: Path) -> None:
     done = _check(copy)
     assert done.returncode == 2
     assert (
-        "README.md: blocks ['alignment', 'reproduction'] but docs/README.blocks.md defines ['alignment', "
-        "'quickstart', 'reproduction']"
+        "README.md, docs/alignment.md: blocks ['alignment', 'reproduction'] but docs/README.blocks.md "
+        "defines ['alignment', 'quickstart', 'reproduction']"
         in done.stderr
     )
 

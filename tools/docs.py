@@ -100,7 +100,7 @@ def _block(name: str, content: str) -> str:
 def pages(root: Path) -> list[Path]:
     """The Markdown pages that hold generated blocks: README.md and the pages under docs/."""
     candidates = [root / README, *sorted((root / "docs").glob("*.md"))]
-    return [p for p in candidates if "<!-- docs:begin " in p.read_text()]
+    return [p for p in candidates if BLOCK.search(p.read_text())]
 
 
 def render_all(root: Path, draw: bool) -> dict[Path, str]:

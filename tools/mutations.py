@@ -48,7 +48,7 @@ MUTATIONS = (
         "            self.train_acc_noisy.update(correct, noisy)",
         "self.train_acc_clean.update(correct, noisy)\n"
         "            self.train_acc_noisy.update(correct, ~noisy)",
-        ("tests/test_module.py",),
+        ("tests/training/test_module.py",),
         "train/acc_clean and train/acc_noisy recomputed independently, noise fraction far from 0.5",
     ),
     Mutation(
@@ -56,7 +56,7 @@ MUTATIONS = (
         "lightning_mem/callbacks.py",
         "factor = float(batch_size * trainer.accumulate_grad_batches)",
         "factor = float(batch_size)",
-        ("tests/test_callbacks.py",),
+        ("tests/alignment/test_monitor.py",),
         "a scale-dependent measure (gradient confusion) with accumulate_grad_batches > 1",
     ),
     Mutation(
@@ -64,7 +64,7 @@ MUTATIONS = (
         "lightning_mem/alignment.py",
         "off = K.masked_fill(eye, 0.0).sum((-2, -1))",
         "off = K.sum((-2, -1))",
-        ("tests/test_alignment.py",),
+        ("tests/alignment/test_measures.py",),
         "Ω against the O(n²) definition (i ≠ j pairs only)",
     ),
     Mutation(
@@ -72,7 +72,7 @@ MUTATIONS = (
         "lightning_mem/alignment.py",
         "off = (labels[:, None] == labels[None, :]) & ~eye",
         "off = labels[:, None] == labels[None, :]",
-        ("tests/test_alignment.py",),
+        ("tests/alignment/test_measures.py",),
         "per-class Ω from the Gram against the definition",
     ),
     Mutation(
@@ -80,7 +80,7 @@ MUTATIONS = (
         "lightning_mem/grams.py",
         "k_w = (a[:, 0] @ a[:, 0].T) * (g[:, 0] @ g[:, 0].T)",
         "k_w = (a[:, 0] @ a[:, 0].T) * (g[:, 0] @ g[:, 0].T).abs()",
-        ("tests/test_grams.py",),
+        ("tests/alignment/test_grams.py",),
         "linear_grams on (B, in) inputs (T = 1) against per-example gradients",
     ),
     Mutation(
@@ -88,7 +88,7 @@ MUTATIONS = (
         "lightning_mem/grams.py",
         'out[prefix + "weight"] = cached_gram(a) * k_g',
         'out[prefix + "weight"] = cached_gram(a) * k_g.abs()',
-        ("tests/test_grams.py",),
+        ("tests/alignment/test_grams.py",),
         "GramCapture's Grams against per-example autograd gradients",
     ),
     Mutation(
@@ -96,7 +96,7 @@ MUTATIONS = (
         "lightning_mem/data.py",
         "manual_seed(self.seed * 1_000_003 + epoch)",
         "manual_seed(self.seed * 1_000_003)",
-        ("tests/test_data.py",),
+        ("tests/data/test_datamodule.py",),
         "epochs see different orders; the order is a function of (seed, epoch)",
     ),
     Mutation(
@@ -104,7 +104,7 @@ MUTATIONS = (
         "lightning_mem/data.py",
         "std, mean = torch.std_mean(flat, dim=1, keepdim=True, correction=0)",
         "std, mean = torch.std_mean(flat, dim=1, keepdim=True, correction=1)",
-        ("tests/test_data.py",),
+        ("tests/data/test_datamodule.py",),
         "per-image standardization against TF's formula (population std)",
     ),
     Mutation(
@@ -112,7 +112,7 @@ MUTATIONS = (
         "lightning_mem/losses.py",
         "return terms.sum(dim=1) - margin",
         "return terms.sum(dim=1)",
-        ("tests/test_losses.py",),
+        ("tests/training/test_losses.py",),
         "hinge values against the Σ_{j≠y} definition",
     ),
     Mutation(
@@ -120,7 +120,7 @@ MUTATIONS = (
         "lightning_mem/nets.py",
         "nn.init.normal_(self.hidden.weight, mean=0.0, std=self.init_std)",
         "nn.init.normal_(self.hidden.weight, mean=0.0, std=self.init_std**0.5)",
-        ("tests/test_nets.py",),
+        ("tests/nets/test_paper.py",),
         "the std of W1 equals σ",
     ),
     Mutation(
@@ -128,7 +128,7 @@ MUTATIONS = (
         "lightning_mem/runsets.py",
         "return float(v[-tail:].mean()) if v.size else math.nan",
         "return float(v[-tail - 1:].mean()) if v.size else math.nan",
-        ("tests/test_runsets.py", "tests/test_report.py"),
+        ("tests/results/test_grouping.py", "tests/results/test_report.py"),
         "final alignment = mean of exactly the last N",
     ),
     Mutation(
@@ -136,7 +136,7 @@ MUTATIONS = (
         "lightning_mem/theory.py",
         "return 0.5 * (torch.exp(-s2 * minus / 2) - torch.exp(-s2 * plus / 2))",
         "return 0.5 * (torch.exp(-s2 * plus / 2) - torch.exp(-s2 * minus / 2))",
-        ("tests/test_theory.py",),
+        ("tests/analysis/test_theorem1.py",),
         "the closed form against an independent formula and Monte Carlo",
     ),
 )

@@ -10,32 +10,16 @@ run would draw (``seed_everything(seed)`` then ``ScaledMLP(...)``) and sees exac
 that autograd differentiates is the sum over members, so members are decoupled: member k's gradient
 is the gradient of its own loss, and a NaN in member j never reaches member k.
 
-How the members are batched, chosen by measurement: CPU ms per member-step of raw training steps
-(no Lightning), K = 20 sin MLPs d → 1024 → 10, batch 256, 1 thread, load average 2.5–4.7 on 2 cores
-(``python benchmarks/bench_ensemble.py --modes layout --threads 1 --rounds 5``, median of 5 rounds):
+The stacked layer gives the batched matmul nn.Linear's own backward (∂W_k = G_kᵀ X_k, contiguous):
+faster than autograd through ``x @ W.mT`` (a transposed ∂W that later ops walk with strides) and than
+``vmap(grad(...))``, and it keeps ordinary autograd, modules and hooks — a Gram needs each layer's input
+and output gradient, and Lightning's loop needs one ordinary backward. The measurements behind the
+choice are on the docs' ensembles page (``benchmarks/bench_ensemble.py --modes layout``).
 
-    layout                                                   d = 64    d = 784
-    autograd through ``x @ W.mT`` (bmm)                        2.87      13.34
-    ``stack_module_state`` + ``vmap(grad(...))``               2.30      11.73
-    this module's stacked linear (bmm, nn.Linear's backward)   2.23      10.92
-    K separate nets, one after another                         2.19      10.55
-
-Autograd through ``x @ W.mT`` returns ∂W as a transposed view, and the update and the next bmm
-then walk it with strides; :class:`_StackedLinear` gives the batched matmul nn.Linear's own backward
-(∂W_k = G_kᵀ X_k, contiguous), which is faster than ``vmap(grad(...))`` and keeps ordinary autograd,
-modules and hooks: a Gram needs each layer's input and output gradient, and Lightning's loop needs
-one ordinary backward, which ``vmap(grad)`` replaces by a functional call that hooks cannot see. On a
-CPU the stack costs 2–4% over separate nets (K members' activations leave the cache); on a GPU one
-bmm per layer for all K is the point: one member's 3072 → 1024 → 10 step is far too small to fill
-the device (issue 13: K = 45 stacked reach ~46 TFLOP/s on an H200, 5–7× one model), and ``vmap``
-would lower to the same bmm.
-
-Exactness, measured on this CPU: member k's forward, loss and ∂W1 are bitwise those of its single
-run; ∂W2 may differ by summation order (bmm and mm can block the k × B × width product differently;
-≤ 1e-6 relative where seen). The SGD update ``W.addcmul_(∇W, −lr)`` is bitwise ``torch.optim.SGD``'s.
-In practice whole runs stay bitwise: after 4 epochs of digits (width 256) and 2 of mnist5k (width
-1024), three members' weights equal their single runs' bit for bit. On a GPU cuBLAS picks its own
-kernels: expect equality up to summation order.
+Exactness: member k's forward, loss and ∂W1 are bitwise those of its single run; ∂W2 may differ by
+summation order (bmm and mm can block the k × B × width product differently). The SGD update
+``W.addcmul_(∇W, −lr)`` is bitwise ``torch.optim.SGD``'s (tests/ensemble/test_train.py). On a GPU cuBLAS
+picks its own kernels: expect equality up to summation order.
 
 Only ScaledMLP is stacked. The Section 5 ConvNet would need grouped convolutions (members as groups)
 and max-pooling on a member axis, and its alignment uses per-example gradients by unfold, not the

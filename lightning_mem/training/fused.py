@@ -120,7 +120,7 @@ def count_sgd_steps(trainer: L.Trainer, steps: int) -> None:
     logs epoch-end rows (``train/loss``, ``val/acc``) at its logging step, which it moves by one per
     Lightning batch; the ``steps - 1`` others are added here, so the rows of a fused run carry the same
     ``step`` as an ordinary run's (:func:`lightning_mem._compat.advance_batches_that_stepped`;
-    ``tests/test_fused.py`` compares the rows).
+    ``tests/training/test_fused.py`` compares the rows).
     """
     _compat.advance_batches_that_stepped(trainer, steps - 1)
 

@@ -2,7 +2,7 @@
 
 Each member's folder must be its single run's: ``config.yaml``, ``hp.json`` and ``hparams.yaml`` byte for
 byte (root aside), ``status.json`` field for field, ``metrics.csv`` with the same keys and rows and every
-value within the ensemble's stated tolerance (tests/test_ensemble.py: 1e-4 relative + 1e-6 absolute;
+value within the ensemble's stated tolerance (tests/ensemble/test_train.py: 1e-4 relative + 1e-6 absolute;
 observed on this CPU: accuracies equal to fp32 rounding — the single run's torchmetrics means are fp32,
 the ensemble's sums fp64 —, losses and alignments within 1e-7 relative or 1e-8 absolute), the member's
 ``checkpoints/last.ckpt`` the single run's weights to 1e-6 of their scale, with the same hyperparameters.
@@ -29,12 +29,12 @@ from lightning_mem.cli import commands
 from lightning_mem.ensemble.pack import prepare_pack
 from lightning_mem.ensemble.plan import read_pack
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RTOL, ATOL = 1e-4, 1e-6
 QUICKSTART = str(REPO / "configs/quickstart.yaml")
 BASE = ["--config", QUICKSTART, "--data.dataset", "digits", "--model.net.width", "16",
         "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
-# ReLU + squared loss at σ = 10, lr 1: overflows within the first epoch (tests/test_ensemble.py)
+# ReLU + squared loss at σ = 10, lr 1: overflows within the first epoch (tests/ensemble/test_train.py)
 WILD = ["--config", QUICKSTART, "--data.dataset", "digits", "--model.net.width", "32",
         "--model.net.activation", "relu", "--model.loss", "squared", "--trainer.max_epochs", "4",
         "--trainer.enable_progress_bar", "false"]
@@ -284,7 +284,7 @@ def test_each_member_is_its_own_wandb_run(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from test_wandb import _history, read_wandb_records, wandb_config
+    from tests.training.test_loggers import _history, read_wandb_records, wandb_config
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env |= {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb_dir"), "WANDB_SILENT": "true",

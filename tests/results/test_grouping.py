@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_runlog import Rows, config, epoch_rows, write_run
 
 from lightning_mem.results.grouping import (
     Keys,
@@ -24,6 +23,7 @@ from lightning_mem.results.grouping import (
     varied_keys,
 )
 from lightning_mem.results.runs import load_runs
+from tests.results.test_runs import Rows, config, epoch_rows, write_run
 
 # ---------------------------------------------------------------- grouping
 

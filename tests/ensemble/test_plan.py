@@ -30,8 +30,8 @@ from lightning_mem.ensemble.plan import fit_args, group_key, net_class, pack_id,
 from lightning_mem.sweeps import command as sweep
 from lightning_mem.sweeps import runner as sweep_runner
 
-REPO = Path(__file__).resolve().parents[1]
-RTOL, ATOL = 1e-4, 1e-6  # the ensemble's tolerance (tests/test_ensemble.py)
+REPO = Path(__file__).resolve().parents[2]
+RTOL, ATOL = 1e-4, 1e-6  # the ensemble's tolerance (tests/ensemble/test_train.py)
 QUICKSTART = str(REPO / "configs/quickstart.yaml")
 CONVNET = str(REPO / "configs/repro/convnet.yaml")
 
@@ -315,3 +315,17 @@ def test_a_diverging_run_of_a_pack_is_diverged_and_the_others_finish(tmp_path: P
         steps = [rundir.read_status(Path(e["run_dir"])).get("diverged_step")  # type: ignore[union-attr]
                  for e in (entry, plain[rid])]
         assert steps[0] == steps[1]
+
+
+def test_the_stacked_net_paths_name_the_scaled_mlp() -> None:
+    """The planner reads class paths before anything is parsed (torch-free): each one it accepts must be the
+    class the ensemble stacks, so a move of ScaledMLP fails here instead of silently running packs alone."""
+    import importlib
+
+    from lightning_mem.nets import ScaledMLP
+
+    for path in ensemble_plan.STACKED_NET_PATHS:
+        module, _, name = path.rpartition(".")
+        found = getattr(importlib.import_module(module), name) if module else getattr(
+            importlib.import_module("lightning_mem.nets"), name)
+        assert found is ScaledMLP, path

@@ -37,7 +37,7 @@ from lightning_mem.nets import ScaledMLP
 from lightning_mem.training.guard import DivergedError, DivergenceGuard
 from lightning_mem.training.module import MemorizationModule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RTOL, ATOL = 1e-4, 1e-6
 
 

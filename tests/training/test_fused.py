@@ -23,10 +23,8 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from exitcodes import run_cli
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from test_callbacks import count_host_syncs
 
 from lightning_mem.alignment.monitor import AlignmentMonitor
 from lightning_mem.data.datamodule import ImageClassificationData, IndexBlock
@@ -35,8 +33,10 @@ from lightning_mem.nets import ConvNet, ScaledMLP
 from lightning_mem.training.fused import FusedSGD, check_data_device, plan_epoch
 from lightning_mem.training.guard import DivergedError, DivergenceGuard
 from lightning_mem.training.module import MemorizationModule
+from tests.alignment.test_monitor import count_host_syncs
+from tests.helpers.exitcodes import run_cli
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 QUICKSTART = TESTS.parent / "configs" / "quickstart.yaml"
 EXE = Path(sys.executable).with_name("lightning-mem")
 STEPS_PER_EPOCH = 23  # digits: 1,437 training images in batches of 64 (22 full, one of 29)
@@ -387,9 +387,10 @@ def test_killed_fused_run_resumes_exactly_and_equals_the_ordinary_run(tmp_path: 
     ordinary run's (``--model.steps_per_call 1``)."""
     assert run_cli(*FUSED, "--run.root", str(tmp_path), "--run.id", "ref") == 0
     assert run_cli(*FUSED[:-1], "1", "--run.root", str(tmp_path), "--run.id", "ordinary") == 0
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    path = [str(TESTS / "helpers"), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     cmd = [str(EXE), *FUSED, "--run.root", str(tmp_path), "--run.id", "killed",
-           "--trainer.callbacks+=test_fused.Throttle"]
+           "--trainer.callbacks+=tests.training.test_fused.Throttle"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     killed = tmp_path / "quickstart" / "killed"

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_wandb import read_wandb_records, wandb_config
 
 from lightning_mem.results.dashboard import main
 from lightning_mem.results.workspace import build, spec
 from lightning_mem.rundir import HP_KEYS
+from tests.training.test_loggers import read_wandb_records, wandb_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SIGMAS, SEEDS = ("0.01", "10"), ("0", "1")

@@ -15,19 +15,22 @@ from typing import Any, ClassVar
 import lightning as L
 import pytest
 import torch
-from exitcodes import run_cli
 
 from lightning_mem.training import precision
+from tests.helpers.exitcodes import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--data.dataset", "digits",
         "--model.net.width", "8", "--data.batch_size", "256", "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false"]
 
 
+READ_TF32 = "--trainer.callbacks+=tests.training.test_precision.ReadTF32"
+
+
 class ReadTF32(L.Callback):
-    """Records the TF32 flags as the fit sees them (``--trainer.callbacks+=test_precision.ReadTF32``)."""
+    """Records the TF32 flags as the fit sees them (:data:`READ_TF32`)."""
 
     seen: ClassVar[list[dict[str, Any]]] = []
 
@@ -50,7 +53,7 @@ def reader() -> Any:
 def test_fit_runs_in_full_fp32_and_restores_the_flags(reader: Any, tmp_path: Path) -> None:
     precision.set_tf32(True)  # as a user's notebook might have left it
     assert precision.tf32_enabled()
-    assert run_cli(*TINY, "--run.root", str(tmp_path), "--trainer.callbacks+=test_precision.ReadTF32") == 0
+    assert run_cli(*TINY, "--run.root", str(tmp_path), READ_TF32) == 0
     assert precision.tf32_enabled()  # restored after the run
     (seen,) = reader.seen
     new = precision._new_api()
@@ -61,7 +64,7 @@ def test_fit_runs_in_full_fp32_and_restores_the_flags(reader: Any, tmp_path: Pat
 def test_tf32_when_asked_for_a_small_sigma(reader: Any, tmp_path: Path) -> None:
     precision.set_tf32(False)
     assert run_cli(*TINY, "--run.root", str(tmp_path), "--model.net.init_std", "0.01",
-                   "--precision.tf32", "true", "--trainer.callbacks+=test_precision.ReadTF32") == 0
+                   "--precision.tf32", "true", READ_TF32) == 0
     (seen,) = reader.seen
     expected = {"matmul": "tf32", "conv": "tf32"} if precision._new_api() else {"matmul": True, "conv": True}
     assert seen == {**expected, "get": "high"}

@@ -2,7 +2,7 @@
 and the console script / ``python -m`` entry points.
 
 Paper configs run on tiny fake CIFAR-10/100 and SVHN files in their real on-disk formats (the writers
-of tests/test_data.py), with torchvision's md5 checks patched as its own tests do.
+of tests/data/test_datamodule.py), with torchvision's md5 checks patched as its own tests do.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from exitcodes import run_cli
-from test_data import WRITERS, no_md5  # noqa: F401  (fixture, used by name)
 
 from lightning_mem.cli.commands import main
 from lightning_mem.cli.fit import build_cli
 from lightning_mem.data.datamodule import DATASETS
+from tests.data.test_datamodule import WRITERS, no_md5  # noqa: F401  (fixture, used by name)
+from tests.helpers.exitcodes import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 QUICKSTART = CONFIGS / "quickstart.yaml"
 PAPER_BASE = CONFIGS / "paper" / "base.yaml"

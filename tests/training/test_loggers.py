@@ -24,7 +24,7 @@ import yaml
 
 from lightning_mem.rundir import HP_KEYS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WANDB_YAML = REPO / "configs" / "logger" / "wandb.yaml"
 SIGMAS = (0.01, 1.0)  # one per run, to tell their configs apart
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_runlog import config, epoch_rows, write_run
 
 from lightning_mem import rundir
 from lightning_mem.results.dashboard import MAX_POINTS, main, payload, write_html
 from lightning_mem.results.runs import load_runs
 from lightning_mem.results.workspace import build, metric_names, spec, summary_name
 from lightning_mem.rundir import HP_KEYS
+from tests.results.test_runs import config, epoch_rows, write_run
 
 
 def page_data(html: Path) -> dict[str, Any]:

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from exitcodes import exit_code
 
 from lightning_mem.cli.commands import main
 from lightning_mem.cli.fit import check_args
+from tests.helpers.exitcodes import exit_code
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 QUICKSTART = TESTS.parent / "configs" / "quickstart.yaml"
 FIT = ["fit", "--config", str(QUICKSTART), "--data.dataset", "digits", "--model.net.width", "16",
        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",

@@ -29,7 +29,7 @@ from lightning_mem.sweeps import runner as sweep_runner
 from lightning_mem.sweeps import search
 from lightning_mem.sweeps import spec as sweep_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SWEEP_FILES = sorted((REPO / "sweeps").rglob("*.yaml"))
 # `lightning-mem sweep` without importing torch (the CLI module does): the runner's own start-up cost.
 SWEEP_MAIN = [sys.executable, "-c",

@@ -13,14 +13,14 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from test_callbacks import count_host_syncs
-from test_reliability import Poison
 
 from lightning_mem.alignment.monitor import AlignmentMonitor
 from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.nets import ScaledMLP
 from lightning_mem.training.guard import DivergedError, DivergenceGuard
 from lightning_mem.training.module import MemorizationModule
+from tests.alignment.test_monitor import count_host_syncs
+from tests.reliability.test_faults import Poison
 
 STEPS_PER_EPOCH = 12  # digits: ceil(1437 / 128)
 

@@ -22,10 +22,8 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from exitcodes import run_cli
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from test_data import no_md5  # noqa: F401  (fixture: torchvision's md5 checks off for fake files)
 
 from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.errors import EXIT_DIVERGED
@@ -33,8 +31,10 @@ from lightning_mem.nets import ScaledMLP
 from lightning_mem.rundir import FolderLock, read_hp, read_status
 from lightning_mem.training.guard import DivergedError, DivergenceGuard, RunStatus
 from lightning_mem.training.module import MemorizationModule
+from tests.data.test_datamodule import no_md5  # noqa: F401  (fixture: torchvision's md5 checks off for fake files)
+from tests.helpers.exitcodes import run_cli
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 QUICKSTART = TESTS.parent / "configs" / "quickstart.yaml"
 EXE = Path(sys.executable).with_name("lightning-mem")
 STEPS_PER_EPOCH = 23  # digits: ceil(1437 / 64)
@@ -264,7 +264,7 @@ def earlier_run(tmp_path: Path) -> Path:
 
 
 def _cifar(root: Path, damage: str) -> Path:
-    from test_data import write_cifar10
+    from tests.data.test_datamodule import write_cifar10
 
     write_cifar10(root)
     batch = root / "cifar-10-batches-py" / "data_batch_1"
@@ -441,9 +441,11 @@ def test_a_held_run_folder_is_refused_naming_its_holder(tmp_path: Path,
 def test_two_fits_with_one_run_id_at_once(reference: Path, tmp_path: Path) -> None:
     """The second of two fits started with the same --run.id stops (exit 2) naming the first's pid; the
     first ends exactly as an uninterrupted run with its seed (metrics.csv and weights), its config intact."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    path = [str(TESTS / "helpers"), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     args = [str(EXE), *RESUME_ARGS, "--run.root", str(tmp_path), "--run.id", "same"]
-    first = subprocess.Popen([*args, "--trainer.callbacks+=test_reliability.Throttle"], cwd=tmp_path, env=env,
+    throttle = "--trainer.callbacks+=tests.reliability.test_faults.Throttle"
+    first = subprocess.Popen([*args, throttle], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "quickstart" / "same"
     deadline = time.monotonic() + 240

@@ -4,7 +4,7 @@ A fit with random labels: every rank must train on the same random labels (they 
 config's seed, not from the rank's RNG) and see its share of the examples as ``DistributedSampler``
 would deal them; each held-out example is evaluated once. A validate from one checkpoint: held-out
 alignment and accuracy equal those of one process. ``LabelProbe`` below is passed to the CLI with
-``--config``; the subprocess imports it from this file (``PYTHONPATH=tests``).
+``--config``; the subprocess imports it from this file (``PYTHONPATH`` holds the repository).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from lightning_mem.cli.commands import main
 from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.nets import ScaledMLP
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 DIGITS = ["--data.dataset", "digits", "--model.net.width", "32", "--trainer.enable_progress_bar", "false",
           "--trainer.accelerator", "cpu"]
@@ -38,7 +38,7 @@ DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LIGHTNING_MEM_RUN_ID"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     return env
 
 
@@ -83,7 +83,7 @@ def test_two_process_cpu_ddp_fit_trains_every_rank_on_the_same_random_labels(tmp
     callbacks = tmp_path / "probe.yaml"
     callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [
         {"class_path": "lightning_mem.callbacks.AlignmentMonitor", "init_args": {"every_n_steps": 4}},
-        {"class_path": "test_ddp.LabelProbe", "init_args": {"out_dir": str(probe_dir)}}]}}))
+        {"class_path": "tests.training.test_ddp.LabelProbe", "init_args": {"out_dir": str(probe_dir)}}]}}))
     _run_cli(["fit", "--config", str(QUICKSTART), "--config", str(callbacks), *DIGITS, *DDP,
               "--data.label_noise", "0.5", "--data.batch_size", "64", "--trainer.max_epochs", "1",
               "--run.root", str(tmp_path / "runs")],

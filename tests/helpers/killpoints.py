@@ -1,6 +1,6 @@
 """A test-only callback that kills its own process at one chosen moment of a fit (deterministic kill points).
 
-Passed to a ``lightning-mem fit`` subprocess with ``--trainer.callbacks+=killpoints.KillAt`` and
+Passed to a ``lightning-mem fit`` subprocess with ``--trainer.callbacks+=tests.helpers.killpoints.KillAt`` and
 ``PYTHONPATH=tests``; the moment comes from the environment, so one command line serves every point:
 
 - ``LIGHTNING_MEM_TEST_KILL=<point>@<n>``, where ``<point>`` is one of :data:`POINTS` and ``n`` says

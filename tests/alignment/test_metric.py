@@ -8,7 +8,6 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from test_callbacks import RecordingLogger
 
 from lightning_mem.alignment.grams import gram
 from lightning_mem.alignment.measures import PerClass, class_alignment, class_measures_from_gram
@@ -20,6 +19,7 @@ from lightning_mem.alignment.metric import (
     metric_key,
     shard_take,
 )
+from tests.alignment.test_monitor import RecordingLogger
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_mem import rundir
 from lightning_mem.rundir import FolderLock, LockedError, RunDirError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- names and layout

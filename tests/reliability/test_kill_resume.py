@@ -2,9 +2,9 @@
 ``--ckpt_path last`` ends with ``metrics.csv`` byte-identical to an uninterrupted run with the same seed, and
 the same weights bit for bit (issue 11, fault 7).
 
-The moments are deterministic kill points (``tests/killpoints.py``, passed to a real ``lightning-mem fit``
-subprocess with ``--trainer.callbacks+=killpoints.KillAt``): mid-epoch, at an epoch's last step, during
-validation, at the epoch end before its checkpoint, while a checkpoint file is written (torn), right after it
+The moments are deterministic kill points (``tests/helpers/killpoints.py``, passed to a real
+``lightning-mem fit`` subprocess with ``--trainer.callbacks+=tests.helpers.killpoints.KillAt``):
+mid-epoch, at an epoch's last step, during validation, at the epoch end before its checkpoint, while a checkpoint file is written (torn), right after it
 is written, right after it is published under its name, right after ``status.json`` changes, at the fit's end;
 and during a resume's own carry-over of the rows. A few run in the default tier, every point with both signals
 in the slow tier, plus kills from a timer thread at spread-out moments and a chain of kills across resumes.
@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 import torch
-from exitcodes import run_cli
 
 from lightning_mem import rundir
 from lightning_mem.results.runs import load_runs
+from tests.helpers.exitcodes import run_cli
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 QUICKSTART = TESTS.parent / "configs" / "quickstart.yaml"
 EXE = Path(sys.executable).with_name("lightning-mem")
 EPOCHS, STEPS = 4, 23
@@ -59,7 +59,8 @@ CASES = [(p, s) for p in POINTS for s in ("KILL", "TERM")]
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LIGHTNING_MEM_RUN_ID"}
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    path = [str(TESTS / "helpers"), str(TESTS.parent), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(path)
     return {**env, **extra}
 
 
@@ -67,7 +68,7 @@ def fit_killed(root: Path, point: str, sig: str, run_id: str = "k", *extra: str
                ) -> subprocess.CompletedProcess[str]:
     """A ``lightning-mem fit`` subprocess that kills itself at ``point`` with SIG``sig``."""
     cmd = [str(EXE), *ARGS, "--run.root", str(root), "--run.id", run_id,
-           "--trainer.callbacks+=killpoints.KillAt", *extra]
+           "--trainer.callbacks+=tests.helpers.killpoints.KillAt", *extra]
     env = _env(LIGHTNING_MEM_TEST_KILL=point, LIGHTNING_MEM_TEST_SIGNAL=sig)
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
@@ -80,7 +81,7 @@ def load_ckpt(path: Path) -> dict[str, Any]:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run with the same seed and config (and the KillAt callback, inert): its folder."""
     root = tmp_path_factory.mktemp("reference")
-    inert = "--trainer.callbacks+=killpoints.KillAt"
+    inert = "--trainer.callbacks+=tests.helpers.killpoints.KillAt"
     assert run_cli(*ARGS, "--run.root", str(root), "--run.id", "ref", inert) == 0
     return root / "quickstart" / "ref"
 
@@ -169,7 +170,7 @@ def test_a_run_is_running_while_its_process_lives_then_killed(reference: Path, t
     folder's lock (rundir.effective_status, runlog, report); the resumed run then ends as the reference."""
     run_dir = tmp_path / "quickstart" / "k"
     cmd = [str(EXE), *ARGS, "--run.root", str(tmp_path), "--run.id", "k",
-           "--trainer.callbacks+=test_reliability.Throttle"]
+           "--trainer.callbacks+=tests.reliability.test_faults.Throttle"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
