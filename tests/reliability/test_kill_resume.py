@@ -4,8 +4,8 @@ the same weights bit for bit (issue 11, fault 7).
 
 The moments are deterministic kill points (``tests/helpers/killpoints.py``, passed to a real
 ``lightning-mem fit`` subprocess with ``--trainer.callbacks+=tests.helpers.killpoints.KillAt``):
-mid-epoch, at an epoch's last step, during validation, at the epoch end before its checkpoint, while a checkpoint file is written (torn), right after it
-is written, right after it is published under its name, right after ``status.json`` changes, at the fit's end;
+mid-epoch, at an epoch's last step, during validation, at the epoch end before its checkpoint, while a
+checkpoint file is written (torn), right after it is written, right after it is published under its name, right after ``status.json`` changes, at the fit's end;
 and during a resume's own carry-over of the rows. A few run in the default tier, every point with both signals
 in the slow tier, plus kills from a timer thread at spread-out moments and a chain of kills across resumes.
 
