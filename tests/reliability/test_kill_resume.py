@@ -2,12 +2,13 @@
 ``--ckpt_path last`` ends with ``metrics.csv`` byte-identical to an uninterrupted run with the same seed, and
 the same weights bit for bit (issue 11, fault 7).
 
-The moments are deterministic kill points (``tests/helpers/killpoints.py``, passed to a real
-``lightning-mem fit`` subprocess with ``--trainer.callbacks+=tests.helpers.killpoints.KillAt``):
-mid-epoch, at an epoch's last step, during validation, at the epoch end before its checkpoint, while a
-checkpoint file is written (torn), right after it is written, right after it is published under its name, right after ``status.json`` changes, at the fit's end;
-and during a resume's own carry-over of the rows. A few run in the default tier, every point with both signals
-in the slow tier, plus kills from a timer thread at spread-out moments and a chain of kills across resumes.
+The moments are deterministic kill points (``tests/helpers/killpoints.py``, passed to a real ``lightning-mem
+fit`` subprocess with ``--trainer.callbacks+=tests.helpers.killpoints.KillAt``): mid-epoch, at an epoch's
+last step, during validation, at the epoch end before its checkpoint, while a checkpoint file is written
+(torn), right after it is written, right after it is published under its name, right after ``status.json``
+changes, at the fit's end; and during a resume's own carry-over of the rows. A few run in the default tier,
+every point with both signals in the slow tier, plus kills from a timer thread at spread-out moments and a
+chain of kills across resumes.
 
 The run: scikit-learn's 8×8 digits, width 16, batch 64 (23 steps an epoch), 4 epochs: checkpoints 1, 3, 5, 7
 are ``epoch<k>.ckpt``, 2, 4, 6, 8 ``last.ckpt``; publications 1..4 are the epoch ends.
