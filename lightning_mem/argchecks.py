@@ -28,6 +28,8 @@ from typing import Any, TypeGuard
 
 import yaml
 
+from lightning_mem import safeyaml
+
 CONFIG_OPTIONS = ("--config", "--model", "--data", "--trainer")  # options whose value is a config file
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything enforces
 INT_MAX = 2**63 - 1  # a C long: torch, numpy and Lightning convert integers to it
@@ -57,8 +59,13 @@ def load_config_file(option: str, value: str) -> Mapping[str, Any] | None:
         raise ValueError(f"{option} {value!r}: an empty path; give the path of a YAML config file "
                          "(configs/*.yaml)")
     path = Path(value)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError:  # a name too long for a path (ENAMETOOLONG): inline text or nothing
+        exists = False
+    if not exists:
         if _looks_inline(value):
+            safeyaml.check(value, f"{option} (YAML text)")
             return None
         raise ValueError(f"{option} {value}: no such file; give the path of a YAML config file "
                          "(configs/*.yaml)")
@@ -75,7 +82,9 @@ def load_config_file(option: str, value: str) -> Mapping[str, Any] | None:
         raise ValueError(f"{option} {value}: not a text file (byte {err.start} is not UTF-8); a config "
                          f"file is YAML text, {MAPPING_EXAMPLE}") from err
     try:
-        loaded = yaml.safe_load(text)
+        loaded = safeyaml.load(text, f"{option} {value}")
+    except safeyaml.YAMLLimitError:
+        raise
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -91,9 +100,32 @@ def load_config_file(option: str, value: str) -> Mapping[str, Any] | None:
 
 
 def check_config_files(argv: Sequence[str]) -> None:
-    """:func:`load_config_file` of every config file on the command line."""
+    """:func:`load_config_file` of every config file on the command line, and
+    :func:`check_yaml_values` of the other values."""
     for option, value in config_paths(argv):
         load_config_file(option, value)
+    check_yaml_values(argv)
+
+
+def check_yaml_values(argv: Sequence[str]) -> None:
+    """jsonargparse reads every option's value as YAML (``--model.lr '[&a [x, x], *a]'`` is a list): each
+    value is checked by :func:`lightning_mem.safeyaml.check` first, so a billion-laughs value is refused
+    before it is expanded (a value that is not valid YAML is left to the parser)."""
+    option = "a command-line value"
+    for arg in argv:
+        if arg.startswith("--"):
+            option, eq, value = arg.partition("=")
+            if not eq:
+                continue
+        else:
+            value = arg
+        if any(c in value for c in "&*[{") or "\n" in value:
+            try:
+                safeyaml.check(value, option)
+            except safeyaml.YAMLLimitError:
+                raise
+            except yaml.YAMLError:
+                pass
 
 
 def _flat(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

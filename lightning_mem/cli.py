@@ -35,7 +35,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_mem import argchecks, rundir
+from lightning_mem import argchecks, rundir, safeyaml
 from lightning_mem.checkpoints import (
     CheckpointError,
     CheckpointPublisher,
@@ -520,6 +520,7 @@ def build_cli(
     # omegaconf+ resolves ${...} on the whole config, whose root holds the subcommand (fit.model.lr); this
     # makes ${model.lr} in a config file mean the key of the file's own tree, as users write it.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    safeyaml.install_jsonargparse_loader("omegaconf+")  # YAML values on the command line are bounded too
     return (cli_class or MemCLI)(
         MemorizationModule,
         ImageClassificationData,
