@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -105,6 +106,23 @@ def check_config_files(argv: Sequence[str]) -> None:
     for option, value in config_paths(argv):
         load_config_file(option, value)
     check_yaml_values(argv)
+
+
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def class_paths(argv: Sequence[str]) -> set[str]:
+    """Every dotted name (``mypkg.nets.MyNet``) the command line or its config files name: classes the user
+    asked for, which a checkpoint's stored config may then name too
+    (:func:`lightning_mem.checkpoints.load_checkpoint`'s ``allowed``)."""
+    found = {m.group(0) for arg in argv for m in _DOTTED.finditer(arg)}
+    for option, value in config_paths(argv):
+        try:
+            loaded = load_config_file(option, value)
+        except ValueError:
+            continue
+        found |= {v for _, v in _flat(loaded or {}) if isinstance(v, str) and _DOTTED.fullmatch(v)}
+    return found
 
 
 def check_yaml_values(argv: Sequence[str]) -> None:

@@ -232,7 +232,7 @@ class MemCLI(LightningCLI):
                          "fit`, or `last` to resume the newest run of this run.name")
         if sub is not None and ckpt not in (None, "last"):
             try:
-                self.checkpoint = load_checkpoint(Path(str(ckpt)))
+                self.checkpoint = load_checkpoint(Path(str(ckpt)), allowed=argchecks.class_paths(argv))
             except CheckpointError as err:
                 parser.error(str(err))
             if sub != "fit":  # a fit keeps its own config: it must match, not follow, the checkpoint
@@ -335,7 +335,9 @@ class MemCLI(LightningCLI):
             if ckpt == "last" and not path.exists() and self._can_start_over(run_dir, config):
                 return run_dir
             if self.checkpoint is None:  # "last": found only now
-                self.checkpoint = self._load_last(path) if ckpt == "last" else load_checkpoint(path)
+                allowed = argchecks.class_paths(self._argv)
+                self.checkpoint = (self._load_last(path, allowed) if ckpt == "last"
+                                   else load_checkpoint(path, allowed=allowed))
                 self._check_model_config(config, str(path))
             if path.resolve().parent == (run_dir / rundir.CHECKPOINTS).resolve():
                 self.resume_ckpt = path
@@ -355,11 +357,11 @@ class MemCLI(LightningCLI):
         return True
 
     @staticmethod
-    def _load_last(path: Path) -> dict[str, Any]:
+    def _load_last(path: Path, allowed: set[str] | None = None) -> dict[str, Any]:
         """``last.ckpt``; if it does not load (torn by a writer of another version), the message names the
         newest epoch checkpoint of the run that does."""
         try:
-            return load_checkpoint(path)
+            return load_checkpoint(path, allowed=allowed or ())
         except CheckpointError as err:
             fallback = newest_loadable_checkpoint(path.parent)
             if fallback is None:
