@@ -197,10 +197,27 @@ def _finite(data: Any) -> Any:
     return data
 
 
+def check_inside(path: Path, folder: Path | None = None) -> Path:
+    """``path`` if it lies inside ``folder`` (default: its own folder) once every symbolic link is
+    resolved, else :class:`RunDirError` naming the link and its target: a run folder's files are read
+    only from inside it, so a ``metrics.csv`` linked to ``/etc/passwd`` leaks nothing into a report."""
+    folder = path.parent if folder is None else folder
+    real, base = path.resolve(), folder.resolve()
+    if real != base and base not in real.parents:
+        raise RunDirError(f"{path}: a symbolic link to {real}, outside its folder {folder}; files of a run "
+                          "folder are read only from inside it: replace the link by the file itself")
+    return path
+
+
+def read_run_file(path: Path, folder: Path | None = None) -> bytes:
+    """The bytes of a run folder's (or sweep folder's) file, after :func:`check_inside`."""
+    return check_inside(path, folder).read_bytes()
+
+
 def read_json(path: Path, what: str, fix: str) -> Any:
     """The JSON in ``path``; :class:`RunDirError` naming the file, ``what`` it should be and ``fix``."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_run_file(path).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise RunDirError(f"{path}: not a valid {what} ({err}); {fix}") from err
 
@@ -303,7 +320,7 @@ def read_metrics(path: Path) -> MetricsTable:
     if not path.is_file() or path.stat().st_size == 0:
         return MetricsTable(path, empty, empty.astype(bool))
     fix = "it is written by Lightning's CSV logger; move the file away or delete the run folder"
-    whole = path.read_bytes()
+    whole = read_run_file(path)
     try:
         whole.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -362,7 +379,7 @@ def read_metrics_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
     if not path.is_file():
         return [], []
-    text = _complete_lines(path.read_bytes()).decode("utf-8", errors="replace")
+    text = _complete_lines(read_run_file(path)).decode("utf-8", errors="replace")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = list(reader)
     return list(reader.fieldnames or []), rows

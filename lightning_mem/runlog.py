@@ -149,7 +149,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not config_file.is_file():
         return {}
     try:
-        config = safeyaml.load(config_file.read_text(), str(config_file))
+        config = safeyaml.load(rundir.read_run_file(config_file).decode("utf-8"), str(config_file))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise RunDirError(f"{config_file}: not a valid config.yaml ({err}); it is written by the CLI at "
                           "the start of a fit; move the run folder away") from err
