@@ -133,14 +133,15 @@ def plotly_js() -> str:
 
 # In a <script> element, "</script" ends it and "<!--" followed by "<script" makes the parser swallow the
 # rest of the page; "&", U+2028 and U+2029 matter to other embeddings. Escaped, JSON.parse reads the same.
-_EMBED_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_EMBED_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                                "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def embed_json(data: Any) -> str:
     """``data`` as JSON text that no string in it can end or comment out the ``<script>`` element it is
     embedded in: every ``<``, ``>``, ``&``, U+2028 and U+2029 is written as its ``\\uXXXX`` escape."""
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    return text.translate(str.maketrans(_EMBED_ESCAPES))
+    return text.translate(_EMBED_ESCAPES)
 
 
 def render_html(data: dict[str, Any]) -> str:
