@@ -236,7 +236,7 @@ class RunCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"storage_options is not supported by {type(self).__name__}")
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(exist_ok=True)  # checkpoints/ only: a run folder removed under the fit stays gone
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX)
@@ -247,6 +247,11 @@ class RunCheckpointIO(TorchCheckpointIO):
                 fh.flush()
                 os.fchmod(fh.fileno(), rundir.file_mode())
                 os.fsync(fh.fileno())
+        except OSError as err:  # a full disk, the file-size limit: name the checkpoint being written
+            tmp.unlink(missing_ok=True)
+            if err.filename is None:
+                raise OSError(err.errno, err.strerror, str(target)) from err
+            raise
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -360,7 +365,10 @@ class CheckpointPublisher(L.Callback):
             return
         completed = trainer.fit_loop.epoch_progress.current.completed  # epochs whose rows were logged
         if self._epoch is not None and completed > self._epoch:
-            self._publish(trainer)
+            try:
+                self._publish(trainer)
+            except OSError:  # the rows cannot reach the disk (full, removed): the held files are not theirs
+                run_io.discard()
         else:
             run_io.discard()
 

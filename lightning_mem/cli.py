@@ -35,7 +35,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_mem import argchecks, rundir, safeyaml
+from lightning_mem import argchecks, machinefaults, rundir, safeyaml
 from lightning_mem.checkpoints import (
     CheckpointError,
     CheckpointPublisher,
@@ -161,14 +161,28 @@ class MemCLI(LightningCLI):
             log.error("Stopped by SIGTERM; resume with `lightning-mem fit ... --ckpt_path last`")
             raise
         except BaseException as err:
+            if self._machine_fault(err):
+                raise SystemExit(2) from None
             if not self._is_usage_error(err):
                 raise
             sys.stderr.write(f"error: {_error_text(err)}\n")
             raise SystemExit(2) from None
         finally:
-            self._held.close()
-            if self._started and self.subcommand == "fit" and self.run_dir and _global_rank() == 0:
+            with contextlib.suppress(OSError):  # a run folder removed under the fit
+                self._held.close()
+            if self._started and self.subcommand == "fit" and self.run_dir and _global_rank() == 0 \
+                    and self.run_dir.is_dir():
                 log.info("fit %s", rundir.summary_line(self.run_dir))
+
+    def _machine_fault(self, err: BaseException) -> bool:
+        """A full disk, the file-size limit or the run folder removed under the fit: the message of
+        :func:`lightning_mem.machinefaults.message` on stderr (then exit 2)."""
+        run_dir = getattr(self, "run_dir", None)
+        cause = err if isinstance(err, OSError) else err.__cause__ or err.__context__
+        if not machinefaults.is_fault(cause or err, run_dir) or not isinstance(cause, OSError):
+            return False
+        sys.stderr.write(f"error: {machinefaults.message(cause, run_dir)}\n")
+        return True
 
     def _is_usage_error(self, err: BaseException) -> bool:
         """An error a config or the machine's size caused, raised by the fit before its first training batch

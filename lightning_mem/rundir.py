@@ -26,6 +26,7 @@ Errors a user can cause (a corrupt file, a bad name, a folder in use) raise :cla
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import json
@@ -229,7 +230,29 @@ def write_status(run_dir: Path, status: str, **fields: Any) -> None:
     """``{"status": status, **fields, "time": now}`` to ``<run_dir>/status.json``, atomically."""
     if status not in STATUSES:
         raise ValueError(f"status={status!r}; allowed: {', '.join(STATUSES)}")
-    atomic_write_json(run_dir / STATUS, {"status": status, **fields, "time": _now()})
+    if not run_dir.is_dir():  # removed under the fit: not created again for a lone status.json
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(run_dir))
+    record = {"status": status, **fields, "time": _now()}
+    try:
+        atomic_write_json(run_dir / STATUS, record)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or not (run_dir / STATUS).is_file():
+            raise
+        _overwrite_in_place(run_dir / STATUS, json.dumps(_finite(record), default=str) + "\n")
+
+
+def _overwrite_in_place(path: Path, text: str) -> None:
+    """``text`` over the existing file ``path`` in place: on a full disk (or at the file-size limit) there
+    is no room for the temporary file of an atomic write, but a small file's own block takes a few bytes
+    again. Not atomic: for the final record of a fit that stops because of the disk."""
+    data = text.encode()
+    with path.open("r+b") as fh:
+        if len(data) > max(os.fstat(fh.fileno()).st_size, 4096):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        fh.write(data)
+        fh.truncate()
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:
