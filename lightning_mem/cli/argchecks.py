@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
 import yaml
 
+from lightning_mem import safeyaml
 from lightning_mem.cli.argv import option_values
 from lightning_mem.dotted import flat_items
 
@@ -55,8 +57,13 @@ def load_config_file(option: str, value: str) -> Mapping[str, Any] | None:
         raise ValueError(f"{option} {value!r}: an empty path; give the path of a YAML config file "
                          "(configs/*.yaml)")
     path = Path(value)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError:  # a name too long for a path (ENAMETOOLONG): inline text or nothing
+        exists = False
+    if not exists:
         if _looks_inline(value):
+            safeyaml.check(value, f"{option} (YAML text)")
             return None
         raise ValueError(f"{option} {value}: no such file; give the path of a YAML config file "
                          "(configs/*.yaml)")
@@ -73,7 +80,9 @@ def load_config_file(option: str, value: str) -> Mapping[str, Any] | None:
         raise ValueError(f"{option} {value}: not a text file (byte {err.start} is not UTF-8); a config "
                          f"file is YAML text, {MAPPING_EXAMPLE}") from err
     try:
-        loaded = yaml.safe_load(text)
+        loaded = safeyaml.load(text, f"{option} {value}")
+    except safeyaml.YAMLLimitError:
+        raise
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -89,9 +98,49 @@ def load_config_file(option: str, value: str) -> Mapping[str, Any] | None:
 
 
 def check_config_files(argv: Sequence[str]) -> None:
-    """:func:`load_config_file` of every config file on the command line."""
+    """:func:`load_config_file` of every config file on the command line, and
+    :func:`check_yaml_values` of the other values."""
     for option, value in config_paths(argv):
         load_config_file(option, value)
+    check_yaml_values(argv)
+
+
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def class_paths(argv: Sequence[str]) -> set[str]:
+    """Every dotted name (``mypkg.nets.MyNet``) the command line or its config files name: classes the user
+    asked for, which a checkpoint's stored config may then name too
+    (:func:`lightning_mem.training.checkpoints.load_checkpoint`'s ``allowed``)."""
+    found = {m.group(0) for arg in argv for m in _DOTTED.finditer(arg)}
+    for option, value in config_paths(argv):
+        try:
+            loaded = load_config_file(option, value)
+        except ValueError:
+            continue
+        found |= {v for _, v in flat_items(loaded or {}) if isinstance(v, str) and _DOTTED.fullmatch(v)}
+    return found
+
+
+def check_yaml_values(argv: Sequence[str]) -> None:
+    """jsonargparse reads every option's value as YAML (``--model.lr '[&a [x, x], *a]'`` is a list): each
+    value is checked by :func:`lightning_mem.safeyaml.check` first, so a billion-laughs value is refused
+    before it is expanded (a value that is not valid YAML is left to the parser)."""
+    option = "a command-line value"
+    for arg in argv:
+        if arg.startswith("--"):
+            option, eq, value = arg.partition("=")
+            if not eq:
+                continue
+        else:
+            value = arg
+        if any(c in value for c in "&*[{") or "\n" in value:
+            try:
+                safeyaml.check(value, option)
+            except safeyaml.YAMLLimitError:
+                raise
+            except yaml.YAMLError:
+                pass
 
 
 def problem_files(argv: Sequence[str], key: str) -> list[str]:

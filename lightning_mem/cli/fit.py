@@ -35,8 +35,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_mem import rundir
+from lightning_mem import rundir, safeyaml
 from lightning_mem.cli import argchecks
+from lightning_mem.cli import faults as machinefaults
 from lightning_mem.cli.argv import option_values
 from lightning_mem.data.datamodule import DATASETS, ImageClassificationData
 from lightning_mem.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGTERM, StopAfterParsing
@@ -156,14 +157,28 @@ class MemCLI(LightningCLI):
             log.error("Stopped by SIGTERM; resume with `lightning-mem fit ... --ckpt_path last`")
             raise
         except BaseException as err:
+            if self._machine_fault(err):
+                raise SystemExit(2) from None
             if not self._is_usage_error(err):
                 raise
             sys.stderr.write(f"error: {_error_text(err)}\n")
             raise SystemExit(EXIT_BAD_INPUT) from None
         finally:
-            self._held.close()
-            if self._started and self.subcommand == "fit" and self.run_dir and _global_rank() == 0:
+            with contextlib.suppress(OSError):  # a run folder removed under the fit
+                self._held.close()
+            if self._started and self.subcommand == "fit" and self.run_dir and _global_rank() == 0 \
+                    and self.run_dir.is_dir():
                 log.info("fit %s", rundir.summary_line(self.run_dir))
+
+    def _machine_fault(self, err: BaseException) -> bool:
+        """A full disk, the file-size limit or the run folder removed under the fit: the message of
+        :func:`lightning_mem.cli.faults.message` on stderr (then exit 2)."""
+        run_dir = getattr(self, "run_dir", None)
+        cause = err if isinstance(err, OSError) else err.__cause__ or err.__context__
+        if not machinefaults.is_fault(cause or err, run_dir) or not isinstance(cause, OSError):
+            return False
+        sys.stderr.write(f"error: {machinefaults.message(cause, run_dir)}\n")
+        return True
 
     def _is_usage_error(self, err: BaseException) -> bool:
         """An error a config or the machine's size caused, raised by the fit before its first training batch
@@ -227,7 +242,7 @@ class MemCLI(LightningCLI):
                          "fit`, or `last` to resume the newest run of this run.name")
         if sub is not None and ckpt not in (None, "last"):
             try:
-                self.checkpoint = load_checkpoint(Path(str(ckpt)))
+                self.checkpoint = load_checkpoint(Path(str(ckpt)), allowed=argchecks.class_paths(argv))
             except CheckpointError as err:
                 parser.error(str(err))
             if sub != "fit":  # a fit keeps its own config: it must match, not follow, the checkpoint
@@ -330,7 +345,9 @@ class MemCLI(LightningCLI):
             if ckpt == "last" and not path.exists() and self._can_start_over(run_dir, config):
                 return run_dir
             if self.checkpoint is None:  # "last": found only now
-                self.checkpoint = self._load_last(path) if ckpt == "last" else load_checkpoint(path)
+                allowed = argchecks.class_paths(self._argv)
+                self.checkpoint = (self._load_last(path, allowed) if ckpt == "last"
+                                   else load_checkpoint(path, allowed=allowed))
                 self._check_model_config(config, str(path))
             if path.resolve().parent == (run_dir / rundir.CHECKPOINTS).resolve():
                 self.resume_ckpt = path
@@ -350,11 +367,11 @@ class MemCLI(LightningCLI):
         return True
 
     @staticmethod
-    def _load_last(path: Path) -> dict[str, Any]:
+    def _load_last(path: Path, allowed: set[str] | None = None) -> dict[str, Any]:
         """``last.ckpt``; if it does not load (torn by a writer of another version), the message names the
         newest epoch checkpoint of the run that does."""
         try:
-            return load_checkpoint(path)
+            return load_checkpoint(path, allowed=allowed or ())
         except CheckpointError as err:
             fallback = newest_loadable_checkpoint(path.parent)
             if fallback is None:
@@ -515,6 +532,7 @@ def build_cli(
     # omegaconf+ resolves ${...} on the whole config, whose root holds the subcommand (fit.model.lr); this
     # makes ${model.lr} in a config file mean the key of the file's own tree, as users write it.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    safeyaml.install_jsonargparse_loader("omegaconf+")  # YAML values on the command line are bounded too
     return (cli_class or MemCLI)(
         MemorizationModule,
         ImageClassificationData,

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from lightning_mem import rundir
+from lightning_mem import rundir, safeyaml
 from lightning_mem.cli.argv import fit_args, options
 
 # The one table of what the members of an ensemble may differ in: the field of MemberSpec
@@ -73,7 +73,7 @@ def net_class(args: Sequence[str], params: dict[str, Any]) -> str | None:
             if not path.is_file():  # the run's args.json, written at its start: its values are the params
                 continue
             try:
-                loaded = yaml.safe_load(path.read_text())
+                loaded = safeyaml.load(path.read_text(), str(path))
             except (OSError, UnicodeDecodeError, yaml.YAMLError):
                 return None
             model = loaded.get("model") if isinstance(loaded, dict) else None

@@ -132,12 +132,24 @@ def plotly_js() -> str:
     return str(get_plotlyjs())
 
 
+# In a <script> element, "</script" ends it and "<!--" followed by "<script" makes the parser swallow the
+# rest of the page; "&", U+2028 and U+2029 matter to other embeddings. Escaped, JSON.parse reads the same.
+_EMBED_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                                "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def embed_json(data: Any) -> str:
+    """``data`` as JSON text that no string in it can end or comment out the ``<script>`` element it is
+    embedded in: every ``<``, ``>``, ``&``, U+2028 and U+2029 is written as its ``\\uXXXX`` escape."""
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return text.translate(_EMBED_ESCAPES)
+
+
 def render_html(data: dict[str, Any]) -> str:
     """The page: ``dashboard.html`` with plotly.js and ``data`` inlined."""
     page = importlib.resources.files("lightning_mem.results") / "dashboard.html"
     template = page.read_text(encoding="utf-8")
-    # "</" would end the <script> element early; "<\/" is the same JSON string.
-    text = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    text = embed_json(data)
     head, rest = template.split(PLOTLY_MARK)
     middle, end = rest.split(DATA_MARK)
     return head + plotly_js() + middle + text + end

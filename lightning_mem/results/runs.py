@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import yaml
 
-from lightning_mem import rundir
+from lightning_mem import rundir, safeyaml
 from lightning_mem.dotted import flat_items
 from lightning_mem.rundir import HP_KEYS, RunDirError
 
@@ -125,7 +125,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not config_file.is_file():
         return {}
     try:
-        config = yaml.safe_load(config_file.read_text())
+        config = safeyaml.load(rundir.read_run_file(config_file).decode("utf-8"), str(config_file))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise RunDirError(f"{config_file}: not a valid config.yaml ({err}); it is written by the CLI at "
                           "the start of a fit; move the run folder away") from err

@@ -12,7 +12,7 @@ writes the rows of ``metrics.csv`` itself). It imports neither torch nor Lightni
         hp.json                    the canonical hyperparameters (:data:`HP_KEYS`), flat
         hparams.yaml               the module's hyperparameters (CSV logger)
         status.json                running | finished | diverged | interrupted | failed (as written;
-                                   readers use effective_status: a dead "running" run is "killed")
+                                   readers use effective_status: a dead running run is killed)
         checkpoints/               epoch<k>.ckpt and last.ckpt
         .lock                      held (flock) by the process that owns the run
         output.log, args.json      written by the local sweep runner
@@ -26,6 +26,7 @@ Errors a user can cause (a corrupt file, a bad name, a folder in use) raise :cla
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import json
@@ -199,10 +200,27 @@ def _finite(data: Any) -> Any:
     return data
 
 
+def check_inside(path: Path, folder: Path | None = None) -> Path:
+    """``path`` if it lies inside ``folder`` (default: its own folder) once every symbolic link is
+    resolved, else :class:`RunDirError` naming the link and its target: a run folder's files are read
+    only from inside it, so a ``metrics.csv`` linked to ``/etc/passwd`` leaks nothing into a report."""
+    folder = path.parent if folder is None else folder
+    real, base = path.resolve(), folder.resolve()
+    if real != base and base not in real.parents:
+        raise RunDirError(f"{path}: a symbolic link to {real}, outside its folder {folder}; files of a run "
+                          "folder are read only from inside it: replace the link by the file itself")
+    return path
+
+
+def read_run_file(path: Path, folder: Path | None = None) -> bytes:
+    """The bytes of a run folder's (or sweep folder's) file, after :func:`check_inside`."""
+    return check_inside(path, folder).read_bytes()
+
+
 def read_json(path: Path, what: str, fix: str) -> Any:
     """The JSON in ``path``; :class:`RunDirError` naming the file, ``what`` it should be and ``fix``."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_run_file(path).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise RunDirError(f"{path}: not a valid {what} ({err}); {fix}") from err
 
@@ -214,7 +232,29 @@ def write_status(run_dir: Path, status: str, **fields: Any) -> None:
     """``{"status": status, **fields, "time": now}`` to ``<run_dir>/status.json``, atomically."""
     if status not in STATUSES:
         raise ValueError(f"status={status!r}; allowed: {', '.join(STATUSES)}")
-    atomic_write_json(run_dir / STATUS, {"status": status, **fields, "time": _now()})
+    if not run_dir.is_dir():  # removed under the fit: not created again for a lone status.json
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(run_dir))
+    record = {"status": status, **fields, "time": _now()}
+    try:
+        atomic_write_json(run_dir / STATUS, record)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or not (run_dir / STATUS).is_file():
+            raise
+        _overwrite_in_place(run_dir / STATUS, json.dumps(_finite(record), default=str) + "\n")
+
+
+def _overwrite_in_place(path: Path, text: str) -> None:
+    """``text`` over the existing file ``path`` in place: on a full disk (or at the file-size limit) there
+    is no room for the temporary file of an atomic write, but a small file's own block takes a few bytes
+    again. Not atomic: for the final record of a fit that stops because of the disk."""
+    data = text.encode()
+    with path.open("r+b") as fh:
+        if len(data) > max(os.fstat(fh.fileno()).st_size, 4096):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        fh.write(data)
+        fh.truncate()
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:
@@ -245,7 +285,7 @@ def effective_status(run_dir: Path, record: Mapping[str, Any] | None = None) -> 
     if record is None:
         return None
     status = str(record.get("status"))
-    if status == "running" and lock_holder(run_dir) is None:
+    if status == RUNNING and lock_holder(run_dir) is None:
         return KILLED
     return status
 
@@ -305,7 +345,7 @@ def read_metrics(path: Path) -> MetricsTable:
     if not path.is_file() or path.stat().st_size == 0:
         return MetricsTable(path, empty, empty.astype(bool))
     fix = "it is written by Lightning's CSV logger; move the file away or delete the run folder"
-    whole = path.read_bytes()
+    whole = read_run_file(path)
     try:
         whole.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -364,7 +404,7 @@ def read_metrics_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
     if not path.is_file():
         return [], []
-    text = _complete_lines(path.read_bytes()).decode("utf-8", errors="replace")
+    text = _complete_lines(read_run_file(path)).decode("utf-8", errors="replace")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = list(reader)
     return list(reader.fieldnames or []), rows
@@ -444,7 +484,7 @@ def summary_line(run_dir: Path) -> str:
         return "–" if value is None else f"{value:.3f}"
 
     where = f"epoch {status.get('epoch', '?')}, step {status.get('global_step', '?')}"
-    if status["status"] == "diverged":
+    if status["status"] == DIVERGED:
         where = f"step {status.get('diverged_step', '?')} (epoch {status.get('epoch', '?')})"
     best = fmt(max(val) if val else None)
     return (f"{status['status']} at {where}: train/acc {fmt(last.get('train/acc'))}, "
@@ -535,7 +575,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(runs, dict):
         raise RunDirError(f"{path}: not a sweep manifest (expected an object with a 'runs' object); {fix}")
     for run_id, entry in runs.items():
-        if not isinstance(entry, dict) or entry.get("status") not in (*EFFECTIVE_STATUSES, "pending"):
+        if not isinstance(entry, dict) or entry.get("status") not in (*EFFECTIVE_STATUSES, PENDING):
             raise RunDirError(f"{path}: run {run_id!r} has no valid status (allowed: pending, "
                               f"{', '.join(EFFECTIVE_STATUSES)}); {fix}")
     return data

@@ -109,7 +109,9 @@ class LocalSweep:
         self.pack, self.pack_size = pack, pack_size  # --pack, --pack-size (see "packs" below)
         self.spec = load_spec(path)
         self.method = self.spec.get("method", "grid")
-        self.name = UNSAFE.sub("_", str(self.spec.get("name") or path.stem))
+        # The sweep's folder under --root: one safe folder name (`name: ..` would write into root's parent).
+        name = UNSAFE.sub("_", str(self.spec.get("name") or path.stem))
+        self.name = rundir.check_name(f"{path}: name", name)
         self.root = root.resolve()
         self.dir = self.root / self.name
         self.manifest = self.dir / rundir.MANIFEST

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from lightning_mem import rundir
+from lightning_mem import rundir, safeyaml
 from lightning_mem.cli.argv import cli_args
 from lightning_mem.sweeps import search
 
@@ -43,9 +43,11 @@ UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")  # run ids and folder names: keep to th
 def load_spec(path: Path) -> dict[str, Any]:
     """The sweep file as a mapping with ``parameters`` and a ``command`` list; ValueError naming it."""
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = safeyaml.load(path.read_text(), f"{path}")
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: cannot read the sweep file ({err})") from err
+    except safeyaml.YAMLLimitError as err:
+        raise ValueError(str(err)) from err
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(loaded, dict) or not isinstance(loaded.get("parameters", {}), dict):

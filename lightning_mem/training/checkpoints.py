@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,9 +43,22 @@ _LINKED_NET_ARGS = ("num_classes", "input_shape")
 _LINKED_DATA_ARGS = ("seed",)
 
 
-def load_checkpoint(path: Path, key: str = "ckpt_path") -> dict[str, Any]:
+# Packages whose classes a checkpoint's stored config may name (jsonargparse imports a ``class_path`` it is
+# given as a default; Lightning imports ``_instantiator``): the project's own, torch's and Lightning's.
+TRUSTED_PACKAGES = ("lightning_mem", "torch", "lightning", "pytorch_lightning")
+# Keys of a stored config whose string value is an import path.
+CLASS_KEYS = ("class_path", *_compat.CLI_INTERNAL_HPARAMS)
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def load_checkpoint(path: Path, key: str = "ckpt_path", allowed: Iterable[str] = ()) -> dict[str, Any]:
     """The checkpoint at ``path`` (on the CPU, tensors and plain data only), or :class:`CheckpointError`
-    naming the file and what is wrong with it."""
+    naming the file and what is wrong with it.
+
+    A file that pickles other objects (a call such as ``os.system``) is refused by torch's weights-only
+    unpickler, named here. A checkpoint whose stored config names a class outside
+    :data:`TRUSTED_PACKAGES` and ``allowed`` (the class paths the command line itself names) is refused
+    too, naming the class, before anything would import it (:func:`untrusted_classes`)."""
     fix = "give a .ckpt written by `lightning-mem fit` (a run's checkpoints/last.ckpt or epoch<k>.ckpt)"
     if not path.is_file():
         raise CheckpointError(f"{key}={str(path)!r}: no such checkpoint file; {fix}")
@@ -52,6 +66,11 @@ def load_checkpoint(path: Path, key: str = "ckpt_path") -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # garbage bytes make the unpickler raise nearly anything (IndexError, ...)
         text = str(err).strip()
+        named = _GLOBAL.search(text) if "Weights only load failed" in text else None
+        if named:  # a pickle of objects other than tensors and plain data (garbage: "Unsupported operand")
+            raise CheckpointError(f"{key}={str(path)!r}: the file holds objects that are not allowed in a "
+                                  f"checkpoint (it pickles {named.group(1)}); only tensors and plain data "
+                                  f"are loaded, nothing in it was run; {fix}") from err
         if not text or "Weights only load failed" in text:  # torch's advice to unpickle anything: not ours
             reason = type(err).__name__
         else:
@@ -62,7 +81,43 @@ def load_checkpoint(path: Path, key: str = "ckpt_path") -> dict[str, Any]:
             or not isinstance(ckpt.get("global_step"), int):
         raise CheckpointError(f"{key}={str(path)!r}: a torch file but not a Lightning checkpoint "
                               f"(no state_dict and global_step); {fix}")
+    untrusted = untrusted_classes(ckpt, allowed)
+    if untrusted:
+        raise CheckpointError(
+            f"{key}={str(path)!r}: the checkpoint's stored config names "
+            f"{', '.join(f'{where}={name!r}' for where, name in untrusted[:4])}, outside the classes a "
+            f"checkpoint may name ({', '.join(p + '.*' for p in TRUSTED_PACKAGES)}, or a class this command "
+            "line names, e.g. --model.net.class_path); nothing was imported; load only checkpoints of this "
+            "project, or name the class on the command line if you trust the file")
     return ckpt
+
+
+def untrusted_classes(ckpt: Mapping[str, Any], allowed: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """(dotted key, import path) of every :data:`CLASS_KEYS` value in the checkpoint's stored configs
+    (``hyper_parameters``, ``datamodule_hyper_parameters``) that is neither in a trusted package nor in
+    ``allowed``; a value that is not a string counts as untrusted."""
+    allowed = set(allowed)
+    found: list[tuple[str, str]] = []
+
+    def walk(tree: Any, where: str, depth: int) -> None:
+        if depth > 32:
+            found.append((where, "<nested too deep>"))
+        elif isinstance(tree, Mapping):
+            for k, v in tree.items():
+                at = f"{where}.{k}"
+                if k in CLASS_KEYS:
+                    name = v if isinstance(v, str) else repr(v)[:60]
+                    if name not in allowed and name.split(".", 1)[0] not in TRUSTED_PACKAGES:
+                        found.append((at, name))
+                else:
+                    walk(v, at, depth + 1)
+        elif isinstance(tree, (list, tuple)):
+            for i, v in enumerate(tree):
+                walk(v, f"{where}[{i}]", depth + 1)
+
+    for section in ("hyper_parameters", "datamodule_hyper_parameters"):
+        walk(ckpt.get(section), section, 0)
+    return found
 
 
 def newest_loadable_checkpoint(folder: Path) -> Path | None:
@@ -178,7 +233,7 @@ class RunCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"storage_options is not supported by {type(self).__name__}")
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(exist_ok=True)  # checkpoints/ only: a run folder removed under the fit stays gone
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX)
@@ -189,6 +244,11 @@ class RunCheckpointIO(TorchCheckpointIO):
                 fh.flush()
                 os.fchmod(fh.fileno(), rundir.file_mode())
                 os.fsync(fh.fileno())
+        except OSError as err:  # a full disk, the file-size limit: name the checkpoint being written
+            tmp.unlink(missing_ok=True)
+            if err.filename is None:
+                raise OSError(err.errno, err.strerror, str(target)) from err
+            raise
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -302,7 +362,10 @@ class CheckpointPublisher(L.Callback):
             return
         completed = trainer.fit_loop.epoch_progress.current.completed  # epochs whose rows were logged
         if self._epoch is not None and completed > self._epoch:
-            self._publish(trainer)
+            try:
+                self._publish(trainer)
+            except OSError:  # the rows cannot reach the disk (full, removed): the held files are not theirs
+                run_io.discard()
         else:
             run_io.discard()
 

@@ -15,6 +15,7 @@ The CLI registers both by default and turns :class:`DivergedError` into exit cod
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -28,6 +29,8 @@ from torch import Tensor
 from lightning_mem import rundir
 from lightning_mem.errors import DivergedError
 from lightning_mem.rundir import write_status
+
+log = logging.getLogger(__name__)
 
 
 def divergence_message(step: int, epoch: int, reason: str, setting: str) -> str:
@@ -253,4 +256,8 @@ class RunStatus(L.Callback):
             kind = "SIGTERM" if isinstance(exception, SIGTERMException) else "KeyboardInterrupt"
             self._write(trainer, rundir.INTERRUPTED, reason=kind)
         else:
-            self._write(trainer, rundir.FAILED, reason=f"{type(exception).__name__}: {exception}")
+            try:
+                self._write(trainer, rundir.FAILED, reason=f"{type(exception).__name__}: {exception}")
+            except OSError as err:  # the disk that failed the fit (or a removed run folder): the fit's
+                log.warning("could not record the run as failed: %s", err)  # own error is reported
+
