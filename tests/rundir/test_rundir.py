@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_mem import rundir
 from lightning_mem.rundir import FolderLock, LockedError, RunDirError
+from lightning_mem.rundir import metrics as rundir_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -173,7 +174,7 @@ def test_metrics_carried_over_a_resume_keep_the_rows_before_the_checkpoint(tmp_p
     ({"step": "", "epoch": "0"}, False), ({"step": "4", "epoch": "x"}, False),
 ])
 def test_row_before_a_checkpoint(row: dict[str, str], kept: bool) -> None:
-    assert rundir._row_before(row, 4, 0) is kept
+    assert rundir_metrics._row_before(row, 4, 0) is kept
 
 
 def test_lock_holder_reads_without_changing_anything(tmp_path: Path) -> None:
