@@ -22,7 +22,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_mem.data.datamodule import TensorBatchLoader, corrupt_labels, per_image_standardize
+from lightning_mem.data.labels import corrupt_labels
+from lightning_mem.data.loader import TensorBatchLoader
+from lightning_mem.data.transforms import per_image_standardize
 
 
 def torch_index_select(tensors: tuple[Tensor, ...], batch_size: int) -> Iterator[tuple[Tensor, ...]]:

@@ -59,7 +59,9 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
 from lightning_mem.alignment.monitor import AlignmentMonitor
-from lightning_mem.data.datamodule import ImageClassificationData, TensorBatchLoader, per_image_standardize
+from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.data.loader import TensorBatchLoader
+from lightning_mem.data.transforms import per_image_standardize
 from lightning_mem.ensemble.data import MemberBatchLoader
 from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor

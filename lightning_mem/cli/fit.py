@@ -39,7 +39,8 @@ from lightning_mem import rundir, safeyaml
 from lightning_mem.cli import argchecks
 from lightning_mem.cli import faults as machinefaults
 from lightning_mem.cli.argv import option_values
-from lightning_mem.data.datamodule import DATASETS, ImageClassificationData
+from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.data.datasets import DATASETS
 from lightning_mem.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGTERM, StopAfterParsing
 from lightning_mem.training.checkpoints import (
     CheckpointError,

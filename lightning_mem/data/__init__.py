@@ -5,6 +5,7 @@
   their clean/noisy mask, the index-gather loader, and :class:`ImageClassificationData`.
 """
 
-from lightning_mem.data.datamodule import DATASETS, ImageClassificationData
+from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.data.datasets import DATASETS
 
 __all__ = ["DATASETS", "ImageClassificationData"]

@@ -17,15 +17,11 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
-from lightning_mem.data.datamodule import (
-    DatasetName,
-    ImageClassificationData,
-    LabelNoiseMode,
-    Normalization,
-    TensorBatchLoader,
-    balanced_subset,
-    corrupt_labels,
-)
+from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.data.datasets import DatasetName, balanced_subset
+from lightning_mem.data.labels import LabelNoiseMode, corrupt_labels
+from lightning_mem.data.loader import TensorBatchLoader
+from lightning_mem.data.transforms import Normalization
 from lightning_mem.ensemble.stacked import MemberSpec
 
 

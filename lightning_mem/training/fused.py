@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_mem import _compat
-from lightning_mem.data.datamodule import IndexBlock
+from lightning_mem.data.loader import IndexBlock
 from lightning_mem.nets.layers import BATCHNORM, DROPOUT
 
 Backend = Literal["eager", "graph", "compile"]

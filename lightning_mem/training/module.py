@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
 from lightning_mem.checks import check_choice
-from lightning_mem.data.datamodule import IndexBlock, TensorBatchLoader
+from lightning_mem.data.loader import IndexBlock, TensorBatchLoader
 from lightning_mem.training.fused import (
     Backend,
     FusedSGD,

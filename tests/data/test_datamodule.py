@@ -19,16 +19,11 @@ import torch
 import torchvision.datasets
 
 from lightning_mem.data import datamodule as data_mod
-from lightning_mem.data.datamodule import (
-    DATASETS,
-    DatasetName,
-    ImageClassificationData,
-    IndexBlock,
-    TensorBatchLoader,
-    balanced_subset,
-    corrupt_labels,
-    per_image_standardize,
-)
+from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.data.datasets import DATASETS, DatasetName, balanced_subset
+from lightning_mem.data.labels import corrupt_labels
+from lightning_mem.data.loader import IndexBlock, TensorBatchLoader
+from lightning_mem.data.transforms import per_image_standardize
 
 # (train_x uint8 (N, C, H, W), train_y, test_x, test_y) as written to disk
 Expected = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]

@@ -27,7 +27,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_mem.alignment.monitor import AlignmentMonitor
-from lightning_mem.data.datamodule import ImageClassificationData, IndexBlock
+from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.data.loader import IndexBlock
 from lightning_mem.errors import EXIT_DIVERGED
 from lightning_mem.nets import ConvNet, ScaledMLP
 from lightning_mem.training.fused import FusedSGD, check_data_device, plan_epoch
