@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stderr.write(usage().splitlines()[0] + f"\nlightning-mem: error: {what}; choose from "
                          f"{names} (`lightning-mem --help` says what each does)\n")
         raise SystemExit(EXIT_BAD_INPUT)
-    from lightning_mem.cli.fit import run  # torch and Lightning: only for fit/validate/test
+    from lightning_mem.cli.run import run  # torch and Lightning: only for fit/validate/test
 
     run(args if argv is not None else None)  # None: LightningCLI reads sys.argv itself
 

@@ -14,52 +14,43 @@ Exit codes: 0 finished; 1 unexpected error; 2 bad config or input (before traini
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import os
 import re
-import secrets
-import signal
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace, set_parsing_settings
+from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_mem import rundir, safeyaml
+from lightning_mem import rundir
 from lightning_mem.cli import argchecks
 from lightning_mem.cli import faults as machinefaults
 from lightning_mem.cli.argv import option_values
-from lightning_mem.data.datamodule import ImageClassificationData
+from lightning_mem.cli.runfolder import RunFolder, global_rank
 from lightning_mem.data.datasets import DATASETS
-from lightning_mem.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGTERM, StopAfterParsing
+from lightning_mem.errors import EXIT_BAD_INPUT
 from lightning_mem.training.checkpoints import (
     CheckpointError,
     CheckpointPublisher,
-    config_differences,
     default_overrides,
     install_checkpoint_io,
     load_checkpoint,
-    newest_loadable_checkpoint,
     state_differences,
 )
 from lightning_mem.training.guard import DivergedError, DivergenceGuard, RunStatus
 from lightning_mem.training.loggers import configure_loggers, setup_wandb_run, wandb_run_config
-from lightning_mem.training.module import MemorizationModule
 from lightning_mem.training.precision import precision_risk, reduced_precision, tf32_policy
 
 log = logging.getLogger(__name__)
 
-RUN_ID_ENV = "LIGHTNING_MEM_RUN_ID"
+
 INTERPOLATION_HELP = (
     "supported: ${key} refers to a key of the config after every --config file is merged, written in a "
     "config file as ${model.lr} and on the command line with the subcommand, e.g. "
@@ -84,22 +75,12 @@ def _error_text(err: BaseException) -> str:
     return text
 
 
-def new_run_id() -> str:
-    """A run id unique across processes: start time, pid and a random suffix."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(2)}"
-
-
 def _num_classes(dataset: str) -> int:
     return DATASETS[dataset].num_classes if dataset in DATASETS else 10
 
 
 def _input_shape(dataset: str) -> tuple[int, ...]:
     return tuple(DATASETS[dataset].input_shape) if dataset in DATASETS else (3, 32, 32)
-
-
-def _global_rank() -> int:
-    """This process's global rank as Lightning reads it from the environment (0 without DDP)."""
-    return int(getattr(rank_zero_only, "rank", 0))
 
 
 def _data_seed(seed: Any) -> int:
@@ -129,7 +110,7 @@ class ConfigToRun(SaveConfigCallback):
                 setup_wandb_run(logger.experiment, nested, hp)
 
 
-class MemCLI(LightningCLI):
+class MemCLI(RunFolder, LightningCLI):
     """LightningCLI with the data→model links, the run folder, checkpoint checks and the precision policy.
 
     Public hooks only: extra arguments in :meth:`add_arguments_to_parser`, the checkpoint's config as
@@ -167,7 +148,7 @@ class MemCLI(LightningCLI):
         finally:
             with contextlib.suppress(OSError):  # a run folder removed under the fit
                 self._held.close()
-            if self._started and self.subcommand == "fit" and self.run_dir and _global_rank() == 0 \
+            if self._started and self.subcommand == "fit" and self.run_dir and global_rank() == 0 \
                     and self.run_dir.is_dir():
                 log.info("fit %s", rundir.summary_line(self.run_dir))
 
@@ -283,16 +264,6 @@ class MemCLI(LightningCLI):
         parser.error = error  # type: ignore[method-assign]
         return parser
 
-    def _check_model_config(self, config: Namespace, ckpt: str) -> None:
-        assert self.checkpoint is not None
-        differences = config_differences(self.checkpoint, config.model.as_dict())
-        if differences:
-            fix = ("resume with the model options of that run, or leave --ckpt_path out for a new run"
-                   if self.config.get("subcommand") == "fit" else
-                   "drop those options (validate and test take the checkpoint's), or give a checkpoint "
-                   "of this model")
-            self.parser.error(f"--ckpt_path {ckpt} does not fit the config: {'; '.join(differences)}; {fix}")
-
     # ------------------------------------------------------------------ the run folder
 
     def before_instantiate_classes(self) -> None:
@@ -317,69 +288,6 @@ class MemCLI(LightningCLI):
         if self.subcommand is not None:
             self._held.enter_context(tf32_policy(bool(config.precision.tf32)))
 
-    def _resolve_run_dir(self, config: Namespace) -> Path:
-        run = config.run
-        if not run.name:
-            configs = config.get("config") or []
-            run.name = Path(str(configs[-1])).stem if configs else "default"
-        ckpt = config.get("ckpt_path")
-        if self.subcommand == "fit" and ckpt and not run.id:
-            if ckpt == "last":
-                rundir.check_name("run.name", run.name)
-                found = rundir.newest_run_with_checkpoint(run.root, run.name)
-                if found is None:
-                    raise ValueError(
-                        f"--ckpt_path last: no last.ckpt under {Path(run.root, run.name).resolve()}"
-                        "/*/checkpoints; give --run.id of the run to resume or a checkpoint path"
-                    )
-                run.id = found.name
-            elif Path(ckpt).parent.name == rundir.CHECKPOINTS:
-                run_dir = Path(ckpt).parent.parent
-                run.root, run.name, run.id = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
-        if not run.id:
-            # DDP re-launches this command once per rank: the first process chooses the id.
-            run.id = os.environ.get("WANDB_RUN_ID") or os.environ.get(RUN_ID_ENV) or new_run_id()
-        run_dir = rundir.run_path(run.root, run.name, run.id)  # one folder name each, or RunDirError
-        os.environ[RUN_ID_ENV] = run.id
-        if self.subcommand == "fit" and ckpt:
-            path = rundir.last_checkpoint(run_dir) if ckpt == "last" else Path(ckpt)
-            if ckpt == "last" and not path.exists() and self._can_start_over(run_dir, config):
-                return run_dir
-            if self.checkpoint is None:  # "last": found only now
-                allowed = argchecks.class_paths(self._argv)
-                self.checkpoint = (self._load_last(path, allowed) if ckpt == "last"
-                                   else load_checkpoint(path, allowed=allowed))
-                self._check_model_config(config, str(path))
-            if path.resolve().parent == (run_dir / rundir.CHECKPOINTS).resolve():
-                self.resume_ckpt = path
-        return run_dir
-
-    def _can_start_over(self, run_dir: Path, config: Namespace) -> bool:
-        """``--ckpt_path last`` for a run that was stopped before its first checkpoint: start it over in its
-        own folder (True). A finished run, or a folder without a run, is refused by the caller's load."""
-        record = rundir.read_status(run_dir)
-        status = rundir.effective_status(run_dir, record) if record else None
-        if not run_dir.is_dir() or status in rundir.DONE:
-            return False
-        log.info("run.id=%r has no checkpoint yet (%s before its first epoch ended): starting it over in %s",
-                 config.run.id, status or "stopped", run_dir)
-        config.ckpt_path = None
-        self.start_over = True
-        return True
-
-    @staticmethod
-    def _load_last(path: Path, allowed: set[str] | None = None) -> dict[str, Any]:
-        """``last.ckpt``; if it does not load (torn by a writer of another version), the message names the
-        newest epoch checkpoint of the run that does."""
-        try:
-            return load_checkpoint(path, allowed=allowed or ())
-        except CheckpointError as err:
-            fallback = newest_loadable_checkpoint(path.parent)
-            if fallback is None:
-                raise
-            raise CheckpointError(f"{err}; the newest epoch checkpoint of this run that loads is {fallback}: "
-                                  f"resume from it with --ckpt_path {fallback}") from err
-
     @staticmethod
     def _check_precision(config: Namespace) -> None:
         """Refuse TF32/16-bit precision for a sin/sigmoid/tanh net at σ ≥ 1 unless accepted (then warn)."""
@@ -391,42 +299,6 @@ class MemCLI(LightningCLI):
                              "--precision.accept_large_sigma_error true to run it anyway")
         if risk:
             log.warning("PRECISION WARNING: %s. Running anyway (--precision.accept_large_sigma_error).", risk)
-
-    def _claim_run_dir(self) -> None:
-        """Take the run folder's lock for the rest of this run, then check it holds no other run.
-
-        The lock (``rundir.FolderLock``: flock, released by the kernel when the process dies) makes
-        claiming atomic: of two fits started at once with one ``--run.id``, the second stops here naming
-        the first's pid. A folder that already holds a run is not touched unless resumed. Rank 0 only: the
-        other DDP ranks join rank 0's run.
-        """
-        assert self.run_dir is not None
-        if _global_rank() != 0:
-            return
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        what = f"run folder {self.run_dir} (run.id={config.run.id!r})"
-
-        def refuse_if_taken() -> None:
-            taken = rundir.holds_run(self.run_dir)  # type: ignore[arg-type]
-            if taken and self.resume_ckpt is None and not self.start_over:
-                self.parser.error(
-                    f"run.id={config.run.id!r}: {self.run_dir} already holds a run ({', '.join(taken)}); "
-                    "resume it with `fit --ckpt_path last` (or a checkpoint path under its checkpoints/), or "
-                    "leave --run.id unset for a new run"
-                )
-
-        # Read-only first: a folder in use or holding a finished run is not touched at all.
-        holder = rundir.lock_holder(self.run_dir)
-        if holder is not None:
-            self.parser.error(rundir.in_use_message(what, holder))
-        refuse_if_taken()
-        try:
-            self.run_lock = self._held.enter_context(rundir.FolderLock(self.run_dir, what))
-        except rundir.LockedError as err:
-            self.parser.error(str(err))
-        refuse_if_taken()  # again under the lock: another process may have claimed it meanwhile
-        if self.start_over:  # rows of an earlier attempt set aside by a killed resume: not this run's now
-            (self.run_dir / rundir.METRICS_RESUME).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ instantiation
 
@@ -523,124 +395,3 @@ class MemCLI(LightningCLI):
 
     def before_test(self) -> None:
         self._before_run("test")
-
-
-def build_cli(
-    args: list[str] | None = None, run: bool = True, cli_class: type[MemCLI] | None = None
-) -> MemCLI:
-    """The configured CLI; ``run=False`` only parses and instantiates (for notebooks and tests);
-    ``cli_class``: a subclass of :class:`MemCLI` built with the same settings (the ensemble's members)."""
-    # omegaconf+ resolves ${...} on the whole config, whose root holds the subcommand (fit.model.lr); this
-    # makes ${model.lr} in a config file mean the key of the file's own tree, as users write it.
-    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    safeyaml.install_jsonargparse_loader("omegaconf+")  # YAML values on the command line are bounded too
-    return (cli_class or MemCLI)(
-        MemorizationModule,
-        ImageClassificationData,
-        seed_everything_default=0,
-        save_config_callback=ConfigToRun,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"devices": 1},  # one device unless asked: `auto` would take every GPU and DDP
-        parser_kwargs={"parser_mode": "omegaconf+"},  # ${key} resolved once, after every --config is merged
-        args=args,
-        run=run,
-        auto_configure_optimizers=False,
-    )
-
-
-class _ParseOnlyCLI(MemCLI):
-    """The CLI up to its checks of the parsed config (values, the net's size): nothing is built or written."""
-
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
-        parsed = self.config.get("subcommand")
-        config = self.config[parsed] if parsed else self.config
-        net = config.model.get("net") if config.get("model") else None
-        too_big = argchecks.model_size_error(net.as_dict()) if isinstance(net, Namespace) else None
-        if too_big:
-            self.parser.error(too_big)
-        # The classes' own checks: model (its net on the meta device: no memory), data (no data read) and
-        # callbacks; loggers are left out (some create folders when built), the Trainer is not built.
-        import torch
-
-        trial = self.config.clone()
-        (trial[parsed] if parsed else trial).trainer.logger = None
-        try:
-            with torch.device("meta"):
-                self.parser.instantiate_classes(trial)
-        except CONFIG_ERRORS as err:
-            self.parser.error(_error_text(err))
-        raise StopAfterParsing
-
-
-def check_args(argv: Sequence[str]) -> str | None:
-    """Whether ``argv`` (``["fit", "--config", ...]``) is a command line the CLI accepts: None if so, else the
-    error message it would print (a key it does not know, a value of the wrong type or out of range, a
-    config file that is not a mapping, a net too large for this machine).
-
-    Only parses: nothing is instantiated, no data is read, nothing is written. Values that only a class's
-    own ``__init__`` or the data refuse (an unknown dataset folder, a batch larger than the split) are not
-    seen here; the run itself reports them (exit 2). Used by ``lightning-mem sweep local`` before launch.
-    """
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            build_cli(list(argv), cli_class=_ParseOnlyCLI)
-        except StopAfterParsing:
-            return None
-        except SystemExit as exc:
-            if exc.code in (0, None):
-                return None
-    text = err.getvalue()
-    at = text.rfind("error:")
-    return (text[at + len("error:"):] if at >= 0 else text).strip() or "the command line does not parse"
-
-
-def _log_to_stderr() -> None:
-    """Our INFO lines (the fit summary) on stderr when nothing else configured logging."""
-    ours = logging.getLogger("lightning_mem")
-    if not logging.getLogger().handlers and not ours.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        ours.addHandler(handler)
-        ours.setLevel(logging.INFO)
-
-
-def _sigterm_before_lightning(signum: int, frame: Any) -> None:
-    """SIGTERM while Lightning's own handler is not installed (parsing, building, setup and ``on_fit_start``
-    hooks, after the fit): stop here as Lightning would, with :class:`SIGTERMException` (exit 143, status
-    ``interrupted``). Once Lightning installs its handler it calls this one too, which then leaves the stop to
-    Lightning's flag (checked after the current batch)."""
-    if signal.getsignal(signal.SIGTERM) is _sigterm_before_lightning:
-        raise SIGTERMException()
-
-
-@contextlib.contextmanager
-def _sigterm_handled() -> Iterator[None]:
-    """:func:`_sigterm_before_lightning` for the length of a command (main thread only), then the old one."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _sigterm_before_lightning)
-    except ValueError:  # not the main thread (a notebook's worker): Python's default stays
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def run(args: Sequence[str] | None) -> None:
-    """``lightning-mem fit|validate|test ...``; exits 3 when diverged, 143 on SIGTERM (at any moment)."""
-    _log_to_stderr()
-    own_id = RUN_ID_ENV not in os.environ  # exported for DDP children during this call only
-    try:
-        with _sigterm_handled():
-            build_cli(None if args is None else list(args))
-    except DivergedError:  # logged with the run's summary line
-        raise SystemExit(EXIT_DIVERGED) from None
-    except SIGTERMException:
-        raise SystemExit(EXIT_SIGTERM) from None
-    finally:
-        if own_id:  # a second run in this process (a notebook) starts a new run
-            os.environ.pop(RUN_ID_ENV, None)
-

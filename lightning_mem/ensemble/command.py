@@ -104,7 +104,7 @@ def _ensemble_dir(fit_args: list[str], pack_id: str | None, ckpt: str | None) ->
             raise UsageError(f"--ckpt_path last: no ensemble with a checkpoint under {base.resolve()} (<id>/"
                              f"{PACK_JSON} and <id>/checkpoints/last.ckpt); give --run.id of the ensemble")
         return found[-1].parent.parent
-    from lightning_mem.cli.fit import new_run_id
+    from lightning_mem.cli.runfolder import new_run_id
 
     return base / new_run_id()
 

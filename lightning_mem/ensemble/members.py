@@ -33,7 +33,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_mem import _compat, rundir
 from lightning_mem.alignment.monitor import AlignmentMonitor
-from lightning_mem.cli.fit import RUN_ID_ENV, MemCLI, build_cli
+from lightning_mem.cli.fit import MemCLI
+from lightning_mem.cli.run import build_cli
+from lightning_mem.cli.runfolder import RUN_ID_ENV
 from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.dotted import flatten
 from lightning_mem.ensemble.plan import PACKABLE_CONFIG

@@ -169,7 +169,7 @@ def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any
     Only commands of ``lightning-mem fit|validate|test`` are checked (other programs: nothing to check
     against). Their parameters must reach them: a command without any of :data:`ARGS_MACROS` gets none.
     They are parsed in this process by
-    :func:`lightning_mem.cli.fit.check_args` (torch and Lightning imported once, no process started; nothing
+    :func:`lightning_mem.cli.run.check_args` (torch and Lightning imported once, no process started; nothing
     built or written); other programs are not checked. Values that only fail when the classes are built
     or the data read (a dataset folder that does not exist) still fail in their run (exit 2, recorded
     as ``failed`` with the CLI's message).
@@ -189,7 +189,7 @@ def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any
         for rid, values in params.items():
             argv = _cli_argv(build_command(spec["command"], values, args_file, spec.get("program")))
             assert argv is not None
-            from lightning_mem.cli.fit import check_args  # torch and Lightning: imported once, only here
+            from lightning_mem.cli.run import check_args  # torch and Lightning: imported once, only here
 
             args_file.write_text(args_json(values))
             problem = check_args([*argv, "--run.name", "check", "--run.id", "check"])

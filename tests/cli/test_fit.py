@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from lightning_mem.cli.commands import main
-from lightning_mem.cli.fit import build_cli
+from lightning_mem.cli.run import build_cli
 from lightning_mem.data.datasets import DATASETS
 from tests.data.test_datamodule import WRITERS, no_md5  # noqa: F401  (fixture, used by name)
 from tests.helpers.exitcodes import run_cli

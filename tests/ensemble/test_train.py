@@ -180,7 +180,7 @@ def test_member_spec_rejects_bad_values() -> None:
 
 
 def test_initial_weights_are_those_of_the_cli_run_bitwise(tmp_path: Path) -> None:
-    from lightning_mem.cli.fit import build_cli
+    from lightning_mem.cli.run import build_cli
 
     members = [MemberSpec(3, 10.0), MemberSpec(0, None), MemberSpec(7, 0.01)]
     net = StackedMLP.from_members(members, (1, 8, 8), 10, width=32, activation="sin")

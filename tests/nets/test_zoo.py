@@ -60,7 +60,7 @@ def test_zoo_table_and_batchnorm_caveat() -> None:
 
 
 def test_selectable_from_cli(tmp_path, monkeypatch) -> None:
-    from lightning_mem.cli.fit import build_cli
+    from lightning_mem.cli.run import build_cli
 
     monkeypatch.setattr("sys.argv", ["lightning-mem"])  # pytest's own arguments are not the CLI's
 

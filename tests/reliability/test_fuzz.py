@@ -3,7 +3,7 @@
 Two tables (issue 11): every numeric key of ``fit`` × {0, -1, nan, inf, 1e300, 10**30, a string, a list}, and
 the tools' file arguments × {missing, directory, empty, truncated, wrong shape, binary, existing file for
 outputs}. Every case asserts the exit code (2 for bad input; an accepted value is checked with
-``lightning_mem.cli.fit.check_args``, which parses without training), a message naming the key and value or
+``lightning_mem.cli.run.check_args``, which parses without training), a message naming the key and value or
 the
 file, no "Traceback" in the output, and that the files of an earlier run (and every other file that existed)
 are byte-identical afterwards. Failures happen before training, so the whole table stays fast.
@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from lightning_mem.cli.commands import main
-from lightning_mem.cli.fit import check_args
+from lightning_mem.cli.run import check_args
 from tests.helpers.exitcodes import exit_code
 
 TESTS = Path(__file__).resolve().parents[1]

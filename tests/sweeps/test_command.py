@@ -618,7 +618,7 @@ def test_every_sweep_file_expands_to_commands_the_cli_accepts(
     """The first and last run of each sweep: parsed, validated and instantiated by the CLI (model, data
     module, trainer and loggers; nothing trained). ``--print_config`` alone would not validate init_args."""
 
-    from lightning_mem.cli import fit as cli
+    from lightning_mem.cli import run as cli
 
     monkeypatch.chdir(REPO)  # the commands name configs relative to the repository root
     monkeypatch.setattr(sys, "argv", ["lightning-mem"])  # not pytest's arguments

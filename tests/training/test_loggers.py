@@ -207,7 +207,7 @@ def test_metrics_are_declared_and_agree_with_the_csv(two_runs: tuple[Path, list[
 
 
 def test_wandb_logger_config_parses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from lightning_mem.cli import fit as cli
+    from lightning_mem.cli import run as cli
     from lightning_mem.training.loggers import RunCSVLogger, RunWandbLogger
 
     # Parsed, validated and instantiated (--print_config would skip the validation of init_args).
