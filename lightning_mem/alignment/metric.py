@@ -23,22 +23,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lightning_mem.alignment.measures import PerClass, class_alignment_from_sums, class_sums
-
-REP_PREFIX = "rep:"  # Gram names of representations (``rep:<layer>``); any other name is a gradient
-
-
-def metric_key(measure: str, name: str, cls: int | None = None, prefix: str = "") -> str:
-    """The logged key of one value.
-
-    ``measure`` is ``alignment``, ``diversity``, ``stiffness`` or ``confusion``; ``name`` a parameter
-    (``hidden.weight``), ``logits`` or ``rep:<layer>``. Examples: (alignment, hidden.weight) ->
-    ``align/grad/hidden.weight``; (alignment, rep:act, prefix="val/") -> ``val/align/rep/act``;
-    (confusion, logits, 3) -> ``confusion/grad/logits/class_3``.
-    """
-    kind, sub = ("rep", name[len(REP_PREFIX):]) if name.startswith(REP_PREFIX) else ("grad", name)
-    head = "align" if measure == "alignment" else measure
-    key = f"{prefix}{head}/{kind}/{sub}"
-    return key if cls is None else f"{key}/class_{cls}"
+from lightning_mem.metric_keys import REP_PREFIX, metric_key
 
 
 def flatten_measures(

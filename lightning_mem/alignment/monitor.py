@@ -14,17 +14,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_mem import _compat
+from lightning_mem import _compat, metric_keys
 from lightning_mem.alignment.grams import GramCapture
 from lightning_mem.alignment.measures import MEASURES, PerClass, class_measures_from_gram
-from lightning_mem.alignment.metric import (
-    REP_PREFIX,
-    ClassAlignment,
-    DeviceRows,
-    Row,
-    flatten_measures,
-    shard_take,
-)
+from lightning_mem.alignment.metric import ClassAlignment, DeviceRows, Row, flatten_measures, shard_take
+from lightning_mem.metric_keys import REP_PREFIX
 from lightning_mem.nets.layers import has_batchnorm
 
 FLUSH_EVERY = 64  # measurements kept on the device at most before they go to the loggers
@@ -364,7 +358,7 @@ class AlignmentMonitor(L.Callback):
         values, means = torch.stack([r.values for r in results]), torch.stack([r.mean for r in results])
         stats = {"alignment": PerClass(values, results[0].present, means)}  # (layers, C), (layers,)
         names = [REP_PREFIX + layer for layer in metrics]
-        keys, flat = flatten_measures(stats, names, self.per_class, prefix="val/")
+        keys, flat = flatten_measures(stats, names, self.per_class, prefix=metric_keys.VAL_PREFIX)
         row = Row(_epoch_end_step(trainer), trainer.current_epoch, keys, flat)
         self._rows.log(trainer, [row], reduce=False)  # already exact over all ranks
 

@@ -19,13 +19,12 @@ import torch
 from lightning.pytorch.loggers import Logger
 from torch import Tensor
 
+from lightning_mem import metric_keys
 from lightning_mem.checks import check_choice
 from lightning_mem.ensemble.stacked import MemberSGD, MemberSpec, StackedMLP
 from lightning_mem.training.guard import divergence_message
 from lightning_mem.training.losses import LOSSES
 from lightning_mem.training.module import LossName
-
-_TRAIN_KEYS = ("train/loss", "train/acc", "train/acc_clean", "train/acc_noisy")
 
 
 class EnsembleModule(L.LightningModule):
@@ -202,7 +201,7 @@ class EnsembleModule(L.LightningModule):
         for k, row in enumerate(host):
             alive, bad_step = row[n], int(row[n + 1])
             if alive:  # NaN kept, as MemorizationModule logs it (e.g. train/acc_clean with no clean label)
-                self._write(k, dict(zip(_TRAIN_KEYS[:n], row[:n], strict=True)), step, epoch)
+                self._write(k, dict(zip(metric_keys.TRAIN_KEYS[:n], row[:n], strict=True)), step, epoch)
             elif bad_step >= self._epoch_first_step:  # diverged in this epoch: the guard's row, then silence
                 self._write(k, {"diverged": 1.0, "diverged_step": float(bad_step)}, bad_step, epoch)
 

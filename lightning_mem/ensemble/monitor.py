@@ -34,10 +34,10 @@ from lightning_mem.alignment.measures import (
     class_measures_from_gram,
     class_sums,
 )
-from lightning_mem.alignment.metric import REP_PREFIX, metric_key
 from lightning_mem.alignment.monitor import AlignmentMonitor
 from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.stacked import StackedLinear, StackedMLP
+from lightning_mem.metric_keys import REP_PREFIX, metric_key
 
 
 def member_grams(vectors: Tensor) -> Tensor:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_mem import rundir
+from lightning_mem import metric_keys, rundir
 from lightning_mem.checks import path_arg
 from lightning_mem.results.grouping import COLUMNS, Keys, Layout, run_numbers, short, varied_keys
 from lightning_mem.results.runs import Run, load_runs
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 MAX_POINTS = 1500  # per trace, as W&B's line plots
 FILTER_KEYS = ("hp.dataset", "hp.activation", "hp.loss")
 SIGMA_KEY = "hp.init_std"
-CURVES = {"train": "train/acc", "val": "val/acc"}  # name in the page -> metric key
+CURVES = {"train": metric_keys.TRAIN_ACC, "val": metric_keys.VAL_ACC}  # name in the page -> metric key
 PLOTLY_MARK, DATA_MARK = "/*PLOTLY_JS*/", "/*DATA_JSON*/"
 
 
@@ -78,7 +78,7 @@ def _jsonable(v: Any) -> Any:
 def run_entry(run: Run, keys: Keys, shown: Sequence[str], stride: int, tail: int) -> dict[str, Any]:
     """One run as the page's JSON: name, status, key values, final numbers and decimated curves."""
     own = keys.resolve(run)
-    metric = {**CURVES, "grad": own.grad, "logits": "align/grad/logits", "rep": own.rep,
+    metric = {**CURVES, "grad": own.grad, "logits": metric_keys.GRAD_LOGITS, "rep": own.rep,
               "val_rep": own.val_rep}
     curves = {name: epoch_curve(run, key) for name, key in metric.items()}
     every = sorted({x for c in curves.values() for x in c})
@@ -107,12 +107,12 @@ def payload(runs: Sequence[Run], group_by: Sequence[str] | None, title: str, tai
     longest = max((int(np.nanmax(r.epochs(k))) + 1 for r in runs for k in CURVES.values()
                    if r.epochs(k).size and np.isfinite(r.epochs(k)).any()), default=1)
     stride = max(1, math.ceil(longest / MAX_POINTS))
-    has_logits = any("align/grad/logits" in r.metrics for r in runs)
+    has_logits = any(metric_keys.GRAD_LOGITS in r.metrics for r in runs)
     return {
         "title": title,
         "created": time.strftime("%Y-%m-%d %H:%M"),
-        "metrics": {"train": "train/acc", "val": "val/acc", "grad": keys.grad,
-                    "logits": "align/grad/logits" if has_logits else None, "rep": keys.rep,
+        "metrics": {"train": metric_keys.TRAIN_ACC, "val": metric_keys.VAL_ACC, "grad": keys.grad,
+                    "logits": metric_keys.GRAD_LOGITS if has_logits else None, "rep": keys.rep,
                     "val_rep": keys.val_rep, "norm": keys.norm},
         "keys": [{"key": k, "label": short(k)} for k in shown],
         "groupable": groupable,

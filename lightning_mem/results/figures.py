@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_mem import metric_keys
 from lightning_mem.results.grouping import SIGMA_SUFFIX, Keys, Layout, grouped, label, mean_std, run_numbers
 from lightning_mem.results.runs import Run
 
@@ -100,7 +101,7 @@ def _lines(runs: Sequence[Run], layout: Layout) -> dict[tuple[Any, ...], list[Ru
 
 def plot_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
     """Train (dashed) and held-out (solid) accuracy per epoch, a line per σ (Fig. 1a/2a)."""
-    if not any(r.metrics.get("train/acc") and r.metrics.get("val/acc") for r in runs):
+    if not any(r.metrics.get(metric_keys.TRAIN_ACC) and r.metrics.get(metric_keys.VAL_ACC) for r in runs):
         log.info("skipping curves.png: no train/acc and val/acc")
         return None
     panels = _panels(runs, layout)
@@ -110,7 +111,8 @@ def plot_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
         for i, group in enumerate(lines.values()):
             c = _color(i, len(lines))
             name = _line_label(layout, group[0])
-            for key, style, what in (("val/acc", "-", "held-out"), ("train/acc", "--", "train")):
+            for key, style, what in ((metric_keys.VAL_ACC, "-", "held-out"),
+                                     (metric_keys.TRAIN_ACC, "--", "train")):
                 x, m, s = _mean_curve(group, key, "epoch")
                 if x.size:
                     ax.plot(x + 1, m, style, color=c, label=f"{name} {what}")

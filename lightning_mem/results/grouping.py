@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lightning_mem import rundir
+from lightning_mem import metric_keys, rundir
 from lightning_mem.rundir import HP_KEYS
 
 if TYPE_CHECKING:
@@ -197,10 +197,10 @@ class Keys:
         """The same choice from a set of metric names (e.g. a W&B run's history keys)."""
         keys = set(keys)
         return cls(
-            pick_key(keys, "align/grad/", W1_NAMES),
-            pick_key(keys, "align/rep/", REP_NAMES),
-            pick_key(keys, "val/align/rep/", REP_NAMES),
-            pick_key(keys, "norm/grad_over_weight/", W1_NAMES),
+            pick_key(keys, metric_keys.ALIGN_GRAD, W1_NAMES),
+            pick_key(keys, metric_keys.ALIGN_REP, REP_NAMES),
+            pick_key(keys, metric_keys.VAL_ALIGN_REP, REP_NAMES),
+            pick_key(keys, metric_keys.GRAD_OVER_WEIGHT, W1_NAMES),
         )
 
     def resolve(self, run: Run) -> Keys:
@@ -238,12 +238,12 @@ def run_numbers(run: Run, keys: Keys, tail: int = 5) -> dict[str, float]:
         v = run.values(key) if key else np.empty(0)
         return float(v[-tail:].mean()) if v.size else math.nan
 
-    val = run.values("val/acc")
+    val = run.values(metric_keys.VAL_ACC)
     norm = run.values(keys.norm) if keys.norm else np.empty(0)
     return {
-        "train_acc": last("train/acc"),
+        "train_acc": last(metric_keys.TRAIN_ACC),
         "val_acc_best": float(val.max()) if val.size else math.nan,
-        "val_acc": last("val/acc"),
+        "val_acc": last(metric_keys.VAL_ACC),
         "align_grad": tail_mean(keys.grad),
         "align_rep": tail_mean(keys.rep),
         "val_align_rep": last(keys.val_rep),

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import yaml
 
-from lightning_mem import rundir, safeyaml
+from lightning_mem import metric_keys, rundir, safeyaml
 from lightning_mem.dotted import flat_items
 from lightning_mem.rundir import HP_KEYS, RunDirError
 
@@ -105,7 +105,8 @@ def series(table: rundir.MetricsTable) -> dict[str, Series]:
         s, e = steps[rows], epochs[rows].copy()
         missing = np.isnan(e)
         if missing.any() and len(ends):
-            e[missing] = _epoch_of(s[missing], ends, ends_epochs, held_out=key.startswith("val/"))
+            held_out = key.startswith(metric_keys.VAL_PREFIX)
+            e[missing] = _epoch_of(s[missing], ends, ends_epochs, held_out=held_out)
         out[key] = Series(s, e, table.values[key].to_numpy(np.float64)[rows])
     return out
 

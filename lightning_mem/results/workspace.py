@@ -26,13 +26,13 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lightning_mem import _compat
+from lightning_mem import _compat, metric_keys
 from lightning_mem.results.grouping import REP_NAMES, W1_NAMES, Keys
 from lightning_mem.rundir import HP_KEYS
 
 # The summary each scatter reads where the CLI declares several (loggers.SUMMARIES: val/acc max and
 # last, a dict in W&B); every other metric is declared "last" only, which W&B keeps as a plain value.
-SUMMARY = {"val/acc": "max"}
+SUMMARY = {metric_keys.VAL_ACC: "max"}
 DEFAULT_GROUP = ("init_std",)
 
 
@@ -64,8 +64,8 @@ def metric_names(keys: Iterable[str] | None) -> dict[str, list[str]]:
         names = {"grad": [f"align/grad/{n}" for n in W1_NAMES], "rep": [f"align/rep/{n}" for n in REP_NAMES],
                  "val_rep": [f"val/align/rep/{n}" for n in REP_NAMES],
                  "norm": [f"norm/grad_over_weight/{n}" for n in W1_NAMES]}
-    logits = ["align/grad/logits"] if keys is None or "align/grad/logits" in keys else []
-    return {"acc": ["train/acc", "val/acc"], "logits": logits, **names}
+    logits = [metric_keys.GRAD_LOGITS] if keys is None or metric_keys.GRAD_LOGITS in keys else []
+    return {"acc": [metric_keys.TRAIN_ACC, metric_keys.VAL_ACC], "logits": logits, **names}
 
 
 def check_group_by(keys: Sequence[str]) -> list[str]:
@@ -84,7 +84,7 @@ def build(entity: str, project: str, name: str, group_by: Sequence[str], sweep: 
     from wandb_workspaces import expr
 
     m = metric_names(keys)
-    s = {k: summary_name(k, summaries) for k in ("train/acc", "val/acc")}
+    s = {k: summary_name(k, summaries) for k in (metric_keys.TRAIN_ACC, metric_keys.VAL_ACC)}
     first = {p: (v[0] if v else None) for p, v in m.items()}
     align = {p: summary_name(f, summaries) for p in ("grad", "rep", "val_rep", "norm") if (f := first[p])}
     sigma = wr.Config("hp.init_std")
@@ -104,11 +104,11 @@ def build(entity: str, project: str, name: str, group_by: Sequence[str], sweep: 
             for p in align_titles if m[p]]),
         ws.Section(name="Accuracy and alignment vs σ", is_open=True, panels=[
             wr.ScatterPlot(title=f"final train accuracy ({s['train/acc']}) vs σ", x=sigma,
-                           y=wr.SummaryMetric(s["train/acc"]), log_x=True),
+                           y=wr.SummaryMetric(s[metric_keys.TRAIN_ACC]), log_x=True),
             wr.ScatterPlot(title=f"best held-out accuracy ({s['val/acc']}) vs σ", x=sigma,
-                           y=wr.SummaryMetric(s["val/acc"]), log_x=True),
+                           y=wr.SummaryMetric(s[metric_keys.VAL_ACC]), log_x=True),
             *[wr.ScatterPlot(title=f"best held-out accuracy vs {align[p]}", x=wr.SummaryMetric(align[p]),
-                             y=wr.SummaryMetric(s["val/acc"]))
+                             y=wr.SummaryMetric(s[metric_keys.VAL_ACC]))
               for p in ("grad", "rep", "val_rep") if p in align],
         ]),
     ]

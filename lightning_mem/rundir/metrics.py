@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning_mem import metric_keys
 from lightning_mem.errors import RunDirError
 from lightning_mem.rundir.files import atomic_write_text
 from lightning_mem.rundir.layout import METRICS, METRICS_RESUME, read_run_file
@@ -206,7 +207,7 @@ def summary_line(run_dir: Path) -> str:
     except RunDirError as err:
         return f"{status['status']}; {err}; run folder {run_dir}"
     last = table.last()
-    val = [float(v) for v in table.series("val/acc")[2] if math.isfinite(v)]
+    val = [float(v) for v in table.series(metric_keys.VAL_ACC)[2] if math.isfinite(v)]
 
     def fmt(value: float | None) -> str:
         return "–" if value is None else f"{value:.3f}"

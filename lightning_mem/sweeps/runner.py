@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning_mem import rundir
+from lightning_mem import metric_keys, rundir
 from lightning_mem.ensemble import plan as ensemble_plan
 from lightning_mem.rundir import FolderLock, RunDirError
 from lightning_mem.sweeps.launch import Signals, child_env
@@ -46,7 +46,7 @@ def run_status(run_dir: Path, returncode: int, metrics: dict[str, float | None])
     reason = record.get("reason")
     if record.get("status") == rundir.DIVERGED:
         return rundir.DIVERGED, reason
-    if returncode == 0 and "train/loss" in metrics and metrics["train/loss"] is None:
+    if returncode == 0 and metric_keys.TRAIN_LOSS in metrics and metrics[metric_keys.TRAIN_LOSS] is None:
         return rundir.DIVERGED, "last train/loss is not finite"
     return (rundir.FINISHED, None) if returncode == 0 else (rundir.FAILED, reason)
 
@@ -357,7 +357,8 @@ class LocalSweep:
         for rid in self.grid:
             e = self.runs[rid]
             m = e.get("metrics") or {}
-            accs = "  ".join(f"{k}={m[k]:.4f}" for k in ("train/acc", "val/acc") if m.get(k) is not None)
+            accs = "  ".join(f"{k}={m[k]:.4f}" for k in (metric_keys.TRAIN_ACC, metric_keys.VAL_ACC)
+                             if m.get(k) is not None)
             dur = f"{e['duration_s']:.1f}s" if e.get("duration_s") is not None else "-"
             why = f"  ({e['reason']})" if e.get("reason") and e["status"] != rundir.FINISHED else ""
             lines.append(f"  {e['status']:<11} {dur:>8}  {rid}  {accs}{why}")

@@ -34,13 +34,13 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lightning_mem import _compat
+from lightning_mem import _compat, metric_keys
 from lightning_mem.data.loader import IndexBlock
 from lightning_mem.nets.layers import BATCHNORM, DROPOUT
 
 Backend = Literal["eager", "graph", "compile"]
 Source = tuple[Tensor, Tensor, "Tensor | None", torch.Size]  # (N, d) images, labels, noisy mask, image shape
-METRIC_SLOTS = ("train/loss", "train/acc", "train/acc_clean", "train/acc_noisy")  # each a (sum, count) pair
+METRIC_SLOTS = metric_keys.TRAIN_KEYS  # each a (sum, count) pair
 WARMUP_STEPS = 3  # eager runs on a side stream before a capture (cuBLAS handles, autograd's first use)
 
 

@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
-from lightning_mem import _compat, rundir
+from lightning_mem import _compat, metric_keys, rundir
 
 LOGGER_CLASSES = {  # a logger named in a config -> the class the CLI instantiates
     "CSVLogger": "lightning_mem.loggers.RunCSVLogger",  # Lightning's CSVLogger, continuing on resume
@@ -34,8 +34,8 @@ LOGGER_CLASSES = {  # a logger named in a config -> the class the CLI instantiat
 STEP_METRIC = "trainer/global_step"  # what Lightning's WandbLogger logs with every row
 # W&B summaries, by key or key prefix (glob): best and last for the held-out accuracy the paper reports.
 SUMMARIES = (
-    ("val/acc", "max,last"),
-    ("val/loss", "min,last"),
+    (metric_keys.VAL_ACC, "max,last"),
+    (metric_keys.VAL_LOSS, "min,last"),
     ("val/align/*", "last"),
     ("train/*", "last"),
     ("align/*", "last"),

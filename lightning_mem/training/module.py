@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
+from lightning_mem import metric_keys
 from lightning_mem.checks import check_choice
 from lightning_mem.data.loader import IndexBlock, TensorBatchLoader
 from lightning_mem.training.fused import (
@@ -200,9 +201,11 @@ class MemorizationModule(L.LightningModule):
                 self.log(key, value, sync_dist=True)
             self._fused.sums.zero_()
             return
-        metrics: dict[str, Metric] = {"train/loss": self.train_loss, "train/acc": self.train_acc}
+        metrics: dict[str, Metric] = {metric_keys.TRAIN_LOSS: self.train_loss,
+                                      metric_keys.TRAIN_ACC: self.train_acc}
         if self._label_noise:
-            metrics |= {"train/acc_clean": self.train_acc_clean, "train/acc_noisy": self.train_acc_noisy}
+            metrics |= {metric_keys.TRAIN_ACC_CLEAN: self.train_acc_clean,
+                        metric_keys.TRAIN_ACC_NOISY: self.train_acc_noisy}
         for key, metric in metrics.items():
             self.log(key, metric.compute(), sync_dist=True)
             metric.reset()

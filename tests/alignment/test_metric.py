@@ -11,14 +11,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
 from lightning_mem.alignment.grams import gram
 from lightning_mem.alignment.measures import PerClass, class_alignment, class_measures_from_gram
-from lightning_mem.alignment.metric import (
-    ClassAlignment,
-    DeviceRows,
-    Row,
-    flatten_measures,
-    metric_key,
-    shard_take,
-)
+from lightning_mem.alignment.metric import ClassAlignment, DeviceRows, Row, flatten_measures, shard_take
+from lightning_mem.metric_keys import metric_key
 from tests.alignment.test_monitor import RecordingLogger
 
 
