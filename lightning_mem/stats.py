@@ -7,7 +7,7 @@ runs that have the number.
 - :func:`spread`: n, mean, sample std (ddof 1) and the 95% confidence interval of the mean,
   mean ± t_{0.975, n−1} · std/√n (Student's t; undefined, NaN, for n < 2).
 - :func:`compare`: the difference of means b − a, its Welch confidence interval (Welch–Satterthwaite
-  degrees of freedom), the Welch t-test's two-sided p-value (``scipy.stats.ttest_ind(equal_var=False)``),
+  degrees of freedom), the Welch t-test's two-sided p-value (as ``scipy.stats.ttest_ind(equal_var=False)``),
   Hedges' g (Cohen's d with the pooled std, times the small-sample correction 1 − 3/(4(n_a+n_b)−9)),
   and :func:`seeds_needed`.
 - :func:`verdict`: a declared one-sided test (direction and threshold) read off that interval:
@@ -129,9 +129,10 @@ def compare(a: Iterable[float], b: Iterable[float], level: float = LEVEL) -> Dif
         t = math.copysign(math.inf, diff) if diff else nan
         p = 0.0 if diff else 1.0
         low = high = diff
-    else:
-        test = sps.ttest_ind(vb, va, equal_var=False)
-        t, p = float(test.statistic), float(test.pvalue)
+    else:  # Welch's t-test, as scipy.stats.ttest_ind(b, a, equal_var=False) (without its warning
+        # on a constant group): t = Δ / se, two-sided p from Student's t with the Welch df
+        t = diff / se
+        p = float(2 * sps.t.sf(abs(t), df))
         half = float(sps.t.ppf(0.5 + level / 2, df)) * se
         low, high = diff - half, diff + half
     pooled = math.sqrt(((sa.n - 1) * sa.std**2 + (sb.n - 1) * sb.std**2) / (sa.n + sb.n - 2))
@@ -141,7 +142,7 @@ def compare(a: Iterable[float], b: Iterable[float], level: float = LEVEL) -> Dif
 
 
 def verdict(d: Difference, direction: Direction, threshold: float = 0.0) -> str:
-    """"yes", "no" or "not resolved at n = …" for the claim that b − a is ``direction`` than
+    """ "yes", "no" or "not resolved at n = …" for the claim that b − a is ``direction`` than
     ``threshold`` (``higher``: b − a > threshold; ``lower``: b − a < −threshold)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction {direction!r}: not one of {', '.join(DIRECTIONS)}")
