@@ -10,7 +10,7 @@ runs that have the number.
   degrees of freedom), the Welch t-test's two-sided p-value (as ``scipy.stats.ttest_ind(equal_var=False)``),
   Hedges' g (Cohen's d with the pooled std, times the small-sample correction 1 − 3/(4(n_a+n_b)−9)),
   and :func:`seeds_needed`.
-- :func:`verdict`: a declared one-sided test (direction and threshold) read off that interval:
+- :func:`verdict`: a declared one-sided test (direction and signed threshold) read off that interval:
   "yes" when the whole interval lies beyond the threshold on the claimed side, "no" when it lies
   wholly on the other side, "not resolved at n = …" when it straddles the threshold.
 """
@@ -142,20 +142,18 @@ def compare(a: Iterable[float], b: Iterable[float], level: float = LEVEL) -> Dif
 
 
 def verdict(d: Difference, direction: Direction, threshold: float = 0.0) -> str:
-    """ "yes", "no" or "not resolved at n = …" for the claim that b − a is ``direction`` than
-    ``threshold`` (``higher``: b − a > threshold; ``lower``: b − a < −threshold)."""
+    """"yes", "no" or "not resolved at n = …" for the claim that b − a is ``direction`` than
+    ``threshold`` (``higher``: b − a > threshold; ``lower``: b − a < threshold), read off the 95% CI:
+    yes when the whole CI is on the claimed side of the threshold, no when it is wholly on the other."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction {direction!r}: not one of {', '.join(DIRECTIONS)}")
-    if not math.isfinite(threshold) or threshold < 0:
-        raise ValueError(f"threshold {threshold!r}: must be a finite number >= 0 (a size of b − a)")
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold {threshold!r}: must be a finite number (a size of b − a)")
     if not (math.isfinite(d.ci_low) and math.isfinite(d.ci_high)):
         return f"not resolved at n = {n_text(d)}"
-    sign = 1.0 if direction == "higher" else -1.0
-    low, high = sorted((sign * d.ci_low, sign * d.ci_high))  # the claimed side made positive
-    if low > threshold:
-        return "yes"
-    if high < threshold:
-        return "no"
+    above, below = d.ci_low > threshold, d.ci_high < threshold
+    if above or below:
+        return "yes" if above == (direction == "higher") else "no"
     return f"not resolved at n = {n_text(d)}"
 
 

@@ -70,14 +70,15 @@ def test_a_ci_straddling_zero_is_not_resolved() -> None:
 def test_verdict_reads_the_interval_against_the_threshold() -> None:
     low, high = [0.10, 0.11, 0.12], [0.90, 0.91, 0.92]
     assert verdict(compare(low, high), "higher") == "yes"
-    assert verdict(compare(high, low), "lower", threshold=0.5) == "yes"
+    assert verdict(compare(high, low), "lower", threshold=-0.5) == "yes"  # falls by more than 0.5
+    assert verdict(compare(high, low), "higher", threshold=-0.9) == "yes"  # falls by less than 0.9
     assert verdict(compare(low, high), "lower") == "no"
     assert verdict(compare(low, high), "higher", threshold=0.9) == "no"  # Δ = 0.8 for sure: not 0.9
     assert verdict(compare(low, high), "higher", threshold=0.8).startswith("not resolved")
     with pytest.raises(ValueError, match="direction 'up': not one of higher, lower"):
         verdict(compare(low, high), "up")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="threshold -1: must be a finite number >= 0"):
-        verdict(compare(low, high), "higher", threshold=-1)
+    with pytest.raises(ValueError, match="threshold nan: must be a finite number"):
+        verdict(compare(low, high), "higher", threshold=math.nan)
 
 
 def test_seeds_needed_edge_cases() -> None:
