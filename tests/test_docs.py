@@ -237,3 +237,60 @@ def test_collect_stores_what_report_shows(tmp_path: Path) -> None:
             assert c.values("align/rep/act")[0] == pytest.approx(
                 r.values("align/rep/act")[e0].mean(), rel=1e-5
             )
+
+
+# ---------------------------------------------------------------------------- verdicts
+
+
+def test_a_hand_typed_verdict_fails_the_check(copy: Path) -> None:
+    template = copy / "docs" / "REPRODUCTION.template.md"
+    text = template.read_text()
+    at = text.index("{{ verdict('c8-final') }}")
+    line = text.count("\n", 0, at) + 1
+    template.write_text(text.replace("{{ verdict('c8-final') }}", "**yes**", 1))
+    done = _check(copy)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"docs/REPRODUCTION.template.md:{line}: hand-typed verdict **yes**" in done.stdout
+    assert "declare it with {{ claim(NAME, ...) }}" in done.stdout
+
+
+def test_a_hand_typed_verdict_row_fails_the_check(copy: Path) -> None:
+    template = copy / "docs" / "REPRODUCTION.template.md"
+    text = template.read_text()
+    start = text.index("{{ claim('c8-final'")
+    end = text.index("}}", start) + 2
+    line = text.count("\n", 0, start) + 1
+    typed = "| 8. ConvNet > MLP: final held-out acc | reduced | net | 3 / 3 | +0.014 | yes |"
+    rest = text[end:].replace("{{ verdict('c8-final') }}", "unresolved", 1)
+    template.write_text(text[:start] + typed + rest)
+    done = _check(copy)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"docs/REPRODUCTION.template.md:{line}: hand-typed verdict in a table cell: 'yes'" in done.stdout
+
+
+def test_a_verdict_follows_its_data(copy: Path) -> None:
+    # Claim 8's final held-out accuracy is not resolved at n = 3; give every ConvNet run 0.99 and it is.
+    runs = copy / "docs" / "data" / "convnet_vs_mlp" / "runs.csv"
+    lines = runs.read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    net, col = header.index("net"), header.index("val_acc")
+    for i in range(1, len(lines)):
+        cells = lines[i].rstrip("\n").split(",")
+        if cells[net] == "ConvNet":
+            cells[col] = repr(0.99 - 0.001 * i)
+        lines[i] = ",".join(cells) + "\n"
+    runs.write_text("".join(lines))
+    done = _check(copy)
+    assert done.returncode == 1, done.stdout + done.stderr
+    old = re.search(r"^-\| 8\. ConvNet > MLP: final held-out acc \|.*\*\*(.+?)\*\* \|$", done.stdout, re.M)
+    new = re.search(r"^\+\| 8\. ConvNet > MLP: final held-out acc \|.*\*\*(.+?)\*\* \|$", done.stdout, re.M)
+    assert old and new, done.stdout
+    assert (old.group(1), new.group(1)) == ("not resolved at n = 3", "yes")
+
+
+def test_a_verdict_of_an_undeclared_test_is_named(copy: Path) -> None:
+    template = copy / "docs" / "REPRODUCTION.template.md"
+    template.write_text(template.read_text().replace("{{ verdict('c8-final') }}", "{{ verdict('c9') }}", 1))
+    done = _check(copy)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "verdict('c9'): no test of that name declared before it" in done.stderr

@@ -11,8 +11,9 @@ SPEC); README.md and the pages under docs/ hold blocks ``<!-- docs:begin NAME --
 NAME -->`` (each NAME once) whose content is the section ``<!-- block NAME -->`` of
 ``docs/README.blocks.md``, rendered the same way. Tables are
 :func:`lightning_mem.results.report.summary_table` of the stored runs; figures are the package's report
-figures (PNG, drawn by ``render`` only: ``check`` compares text, never pixels). Exit codes: 0 same /
-written, 1 ``check`` found a difference, 2 bad input (named).
+figures (PNG, drawn by ``render`` only: ``check`` compares text, never pixels). Verdicts come from
+tests declared in the template (:mod:`docsverdicts`); ``check`` fails on one typed by hand. Exit codes:
+0 same / written, 1 ``check`` found a difference or a hand-typed verdict, 2 bad input (named).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import docsdata
 from docsns import DATA, DocsError, Namespace
+from docsverdicts import hand_typed
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "docs/REPRODUCTION.template.md"
@@ -198,6 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 path.write_text(text)
                 sys.stdout.write(f"wrote {path.relative_to(root)}\n")
             return 0
+        typed = [e for name in (TEMPLATE, BLOCKS) for e in hand_typed((root / name).read_text(), name)]
+        if typed:
+            sys.stdout.write("\n".join(typed) + "\n")
+            sys.stdout.write(
+                "verdicts are rendered from a declared test: declare it with {{ claim(NAME, ...) }} in the "
+                "verdicts table and quote it with {{ verdict(NAME) }} (tools/docsverdicts.py)\n"
+            )
+            return 1
         diffs = check(root)
         for d in diffs:
             sys.stdout.write(d)

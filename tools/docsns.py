@@ -12,10 +12,12 @@ from typing import Any
 
 import docsfigures
 from docsdata import TAIL, curve_runs, read_rows, summary_runs
+from docsverdicts import Verdicts
 
 from lightning_mem.results.grouping import Keys, Layout, mean_std
 from lightning_mem.results.report import summary_table
 from lightning_mem.results.runs import Run
+from lightning_mem.results.spread import spread_table
 
 DATA = "docs/data"
 FIGURES = "docs/figures"
@@ -44,6 +46,7 @@ class Namespace:
         self.figures: list[Path] = []  # every figure linked: must exist
         self._cache: dict[tuple[str, str], list[Run]] = {}
         self._csv: dict[Path, list[dict[str, Any]]] = {}
+        self._verdicts = Verdicts(self)  # claim(...) declares a test, verdict(name) quotes it
 
     def _read(self, path: Path) -> list[dict[str, Any]]:
         if path not in self._csv:
@@ -54,7 +57,8 @@ class Namespace:
         public = {
             n: getattr(self, n) for n in dir(self) if not n.startswith("_") and callable(getattr(self, n))
         }
-        return public | {"TAIL": TAIL, "duration": duration, "math": math}
+        tests = {"claim": self._verdicts.claim, "verdict": self._verdicts.verdict}
+        return public | tests | {"TAIL": TAIL, "duration": duration, "math": math}
 
     # ------------------------------------------------------------------ data
     def _folder(self, sweep: str) -> Path:
@@ -94,6 +98,14 @@ class Namespace:
 
     def std(self, sweep: str, col: str, **where: Any) -> float:
         return mean_std(self.values(sweep, col, **where))[1]
+
+    def paired_max_diff(self, sweep_a: str, sweep_b: str, col: str, **where: Any) -> float:
+        """max over seeds of |``col`` of ``sweep_b`` − ``col`` of ``sweep_a``|, runs paired by seed."""
+        a = {r["seed"]: float(r[col]) for r in self.rows(sweep_a, **where)}
+        b = {r["seed"]: float(r[col]) for r in self.rows(sweep_b, **where)}
+        if set(a) != set(b) or len(a) != len(self.rows(sweep_a, **where)):
+            raise DocsError(f"{sweep_a} and {sweep_b} ({where}): not one run per seed in each")
+        return max(abs(b[s] - a[s]) for s in a)
 
     def lo(self, sweep: str, col: str, **where: Any) -> float:
         return min(v for v in self.values(sweep, col, **where) if math.isfinite(v))
@@ -160,6 +172,13 @@ class Namespace:
         lines = summary_table(runs, Layout.of(runs, by), Keys.of(runs), TAIL).split("\n\n")[0]
         what = "+".join([sweeps] if isinstance(sweeps, str) else sweeps)
         return f"<!-- docs:table {what} by {','.join(by)} -->\n{lines}\n<!-- docs:end table -->"
+
+    def spread(
+        self, sweeps: str | Sequence[str], by: Sequence[str], where: dict[str, Any] | None = None
+    ) -> str:
+        """report's spread-over-seeds table (n, mean ± std, 95% CI of final and best held-out accuracy)."""
+        runs = self.stored_runs(sweeps, where=where)
+        return spread_table(runs, Layout.of(runs, by), Keys.of(runs), TAIL).split("\n\n")[0]
 
     def run_table(
         self,

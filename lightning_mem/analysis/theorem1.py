@@ -4,7 +4,9 @@ Theorem 1 of the paper: for w ~ N(0, σ² I) and two inputs x, x′,
 
     E[sin(wᵀx) sin(wᵀx′)] = ½ (exp(−σ²‖x−x′‖²/2) − exp(−σ²‖x+x′‖²/2)),
 
-hence 0 ≤ … ≤ ½ exp(−σ²‖x−x′‖²/2) ≤ exp(−σ²‖x−x′‖²/2), the bound the paper states,
+hence … ≤ ½ exp(−σ²‖x−x′‖²/2) ≤ exp(−σ²‖x−x′‖²/2), the bound the paper states. There is no
+lower bound of 0: the expectation is negative exactly when ‖x+x′‖ < ‖x−x′‖, i.e. ⟨x, x′⟩ < 0 (it is
+bounded below by −½ exp(−σ²‖x+x′‖²/2)),
 
 so the expected inner product of two hidden sin representations, per hidden unit,
 E⟨sin(W1x), sin(W1x′)⟩ / width, decays like exp(−σ²‖x−x′‖²/2): at large σ the representations

@@ -18,7 +18,9 @@ Figures (PNG, matplotlib Agg), each skipped with a logged note when its metrics 
 - ``grad_norm_vs_sigma.png``: ‖∇W1‖/‖W1‖ (mean over training) vs σ (Fig. 2b).
 - ``acc_vs_alignment.png``: best held-out accuracy vs final alignment, one point per run (Fig. 1b).
 
-Tables: ``summary.md`` (mean ± std per group) and ``runs.csv`` (one row per run, full precision).
+Tables: ``summary.md`` (mean ± std per group, then n and the 95% CI over seeds of the final and the
+best held-out accuracy) and ``runs.csv`` (one row per run, full precision, with its group's spread).
+``--compare KEY=A,B`` adds ``compare.md`` (:mod:`lightning_mem.results.spread`), also printed.
 A run that diverged (``status.json`` of the divergence guard, or the manifest) counts in a group but
 has no final numbers. "Final" alignment is the mean of the last ``--tail`` measurements (alignment
 is measured on single batches and is noisy); final accuracies are the last epoch's; ‖∇W1‖/‖W1‖ is
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,6 +57,13 @@ from lightning_mem.results.grouping import (
     short,
 )
 from lightning_mem.results.runs import Run, load_runs
+from lightning_mem.results.spread import (
+    Comparison,
+    comparison_table,
+    parse_compare,
+    spread_columns,
+    spread_table,
+)
 from lightning_mem.rundir import MANIFEST, read_manifest
 
 log = logging.getLogger(__name__)
@@ -83,23 +93,30 @@ def summary_table(runs: Sequence[Run], layout: Layout, keys: Keys, tail: int = 5
 
 def write_runs_csv(runs: Sequence[Run], layout: Layout, keys: Keys, path: Path, tail: int = 5) -> None:
     seed_key = next((k for k in SEED_KEYS if any(k in r.params for r in runs)), "seed_everything")
+    spread_header, spreads = spread_columns(runs, layout, keys, tail)  # each run carries its group's
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["run_dir", *layout.group_keys, seed_key, *COLUMNS])
+        w.writerow(["run_dir", *layout.group_keys, seed_key, *COLUMNS, *spread_header])
         for r in runs:
             n = run_numbers(r, keys, tail)
             w.writerow([str(r.path), *[r.params.get(k) for k in layout.group_keys], r.params.get(seed_key),
-                        *[repr(n[c]) for c in COLUMNS]])
+                        *[repr(n[c]) for c in COLUMNS], *spreads[id(r)]])
 
 
 def render(
-    runs: Sequence[Run], out: Path, group_by: Sequence[str] | None = None, tail: int = 5
+    runs: Sequence[Run], out: Path, group_by: Sequence[str] | None = None, tail: int = 5,
+    compare: str | None = None,
 ) -> list[Path]:
-    """Write every figure that the runs' metrics allow, ``summary.md`` and ``runs.csv``."""
+    """Write every figure that the runs' metrics allow, ``summary.md`` and ``runs.csv``; with
+    ``compare`` (``KEY=A,B`` or ``KEY``) also ``compare.md``, written to stdout too."""
     if not runs:
         raise ValueError("no finished runs to report")
-    layout = Layout.of(runs, group_by)  # a bad --group-by fails before anything is written
+    layout = Layout.of(runs, group_by)  # a bad --group-by or --compare fails before anything is written
     keys = Keys.of(runs)
+    cmp: Comparison | None = parse_compare(runs, compare) if compare else None
+    if cmp and cmp.key not in layout.group_keys:
+        layout = Layout.of(runs, [*layout.group_keys, cmp.key])
+    compared = comparison_table(runs, layout, keys, cmp, tail) if cmp else None
     out.mkdir(parents=True, exist_ok=True)
     log.info("%d runs; grouped by %s; σ key %s", len(runs), layout.group_keys or "nothing", layout.sigma_key)
     written = [
@@ -116,10 +133,16 @@ def render(
                   "‖∇W1‖ / ‖W1‖", out / "grad_norm_vs_sigma.png", logy=True, tail=tail),
         plot_acc_vs_alignment(runs, layout, keys, out, tail),
     ]
-    (out / "summary.md").write_text(summary_table(runs, layout, keys, tail))
+    spread = "\nSpread over seeds:\n\n" + spread_table(runs, layout, keys, tail)
+    (out / "summary.md").write_text(summary_table(runs, layout, keys, tail) + spread)
     write_runs_csv(runs, layout, keys, out / "runs.csv", tail)
     log.info("wrote %s and %s", out / "summary.md", out / "runs.csv")
-    return [p for p in written if p is not None] + [out / "summary.md", out / "runs.csv"]
+    tables = [out / "summary.md", out / "runs.csv"]
+    if compared is not None:
+        (out / "compare.md").write_text(compared)
+        sys.stdout.write(compared)
+        tables.append(out / "compare.md")
+    return [p for p in written if p is not None] + tables
 
 
 def _positive_int(text: str) -> int:
@@ -151,9 +174,11 @@ def check_manifests(inputs: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``lightning-mem report RUN_DIR_OR_MANIFEST... --out DIR [--group-by KEY ...] [--tail N]``.
+    """``lightning-mem report RUN_DIR_OR_MANIFEST... --out DIR [--group-by KEY ...] [--tail N]
+    [--compare KEY=A,B]``.
 
-    Exit codes: 0 written; 2 bad input (a missing or corrupt input, --out a file, --tail < 1), named.
+    Exit codes: 0 written; 2 bad input (a missing or corrupt input, --out a file, --tail < 1, a --compare
+    key or value the runs do not hold), named.
     """
     parser = argparse.ArgumentParser(
         prog="lightning-mem report",
@@ -168,6 +193,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "comma-separated or repeated; CLI spellings such as model.net.init_std work.")
     parser.add_argument("--tail", type=_positive_int, default=5,
                         help="Final alignment: mean of the last N measurements (default: 5).")
+    parser.add_argument("--compare", default=None, metavar="KEY=A,B",
+                        help="Compare two values of a key over seeds (e.g. init_std=0.01,10, or net when it "
+                        "takes two values): per setting of the other keys, B − A with its 95%% CI, Welch "
+                        "t-test p-value, Hedges' g and the seeds needed to resolve it; printed and written "
+                        "to compare.md.")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     group_by = [k for item in args.group_by or [] for k in item.split(",") if k] or None
@@ -175,6 +205,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_out(args.out)
         check_manifests(args.inputs)
         runs = load_runs(args.inputs)
-        render(runs, args.out, group_by, args.tail)
+        render(runs, args.out, group_by, args.tail, args.compare)
     except (OSError, ValueError) as err:
         parser.error(str(err))

@@ -64,7 +64,8 @@ def _column(path: Path, key: str) -> list[float]:
 
 
 def _table(summary: str) -> dict[str, dict[str, str]]:
-    lines = [line for line in summary.splitlines() if line.startswith("|")]
+    """The first table of ``summary`` (summary.md: mean ± std; then the spread over seeds), by σ."""
+    lines = [line for line in summary.split("\n\n")[0].splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     rows = [dict(zip(header, row, strict=True)) for row in cells]
@@ -205,12 +206,18 @@ def _bad_inputs(runs_root: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "tail-negative": ([str(good), "--tail", "-3"], "argument --tail: '-3' is not an integer >= 1"),
         "tail-text": ([str(good), "--tail", "all"], "argument --tail: 'all' is not an integer >= 1"),
         "group-by-unknown": ([str(good), "--group-by", "model.nope"], "--group-by 'model.nope': no such key"),
+        "compare-unknown-key": ([str(runs_root), "--compare", "nope=1,2"], "--compare 'nope': no such key"),
+        "compare-unknown-value": ([str(runs_root), "--compare", "init_std=0.01,3"],
+                                  "--compare 'init_std=0.01,3': no run has σ=3; values: 0.01, 10"),
+        "compare-one-value": ([str(runs_root), "--compare", "init_std=0.01"],
+                              "--compare 'init_std=0.01': give two values, KEY=A,B (values of σ: 0.01, 10)"),
     }
 
 
 BAD = ["missing", "directory-without-runs", "empty-manifest", "empty-file", "truncated-manifest",
        "binary-manifest", "list-manifest", "manifest-entry-without-status", "corrupt-metrics", "tail-0",
-       "tail-negative", "tail-text", "group-by-unknown"]
+       "tail-negative", "tail-text", "group-by-unknown", "compare-unknown-key", "compare-unknown-value",
+       "compare-one-value"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -245,3 +252,61 @@ def test_a_corrupt_metrics_csv_is_named(runs_root: Path, tmp_path: Path,
     with pytest.raises(SystemExit):
         cli_main(["report", *argv, "--out", str(tmp_path / "out")])
     assert f"{tmp_path / 'corrupt-run' / 'metrics.csv'}: not a metrics.csv" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- statistics over seeds
+
+
+def _best(runs_root: Path, sigma: str) -> list[float]:
+    return [max(_column(runs_root / f"s{sigma}-seed{s}" / "metrics.csv", "val/acc")) for s in SEEDS]
+
+
+def test_compare_prints_difference_ci_p_and_effect_size(runs_root: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    from scipy import stats as sps
+
+    out = tmp_path / "cmp"
+    main([str(runs_root), "--out", str(out), "--compare", "init_std=0.01,10"])
+    printed = capsys.readouterr().out
+    assert printed == (out / "compare.md").read_text()
+    lines = [ln for ln in printed.split("\n\n")[0].splitlines()]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["setting", "number", "σ=0.01: mean ± std (n)", "σ=10: mean ± std (n)", "Δ (B − A)",
+                      "95% CI of Δ", "Welch t", "p", "Hedges' g", "seeds to resolve", "resolved"]
+    rows = {r[1]: r for r in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:])}
+    assert {"final held-out acc", "best held-out acc"} <= set(rows)  # both, labelled
+    a, b = _best(runs_root, "0.01"), _best(runs_root, "10.0")
+    ref = sps.ttest_ind(b, a, equal_var=False)  # the independent reference
+    low, high = ref.confidence_interval(0.95)
+    row = rows["best held-out acc"]
+    assert row[4] == f"{statistics.mean(b) - statistics.mean(a):+.4f}"
+    assert row[5] == f"[{low:.4f}, {high:.4f}]"
+    assert row[6] == f"{ref.statistic:.2f}"
+    assert float(row[7]) == pytest.approx(float(ref.pvalue), rel=0.05)  # printed to 2 digits
+    pooled = ((statistics.variance(a) + statistics.variance(b)) / 2) ** 0.5  # equal n
+    assert row[8] == f"{(statistics.mean(b) - statistics.mean(a)) / pooled * (1 - 3 / (4 * 4 - 9)):.2f}"
+    assert row[10] == ("yes" if low > 0 or high < 0 else "not resolved")
+
+
+def test_summary_and_runs_csv_carry_the_spread_over_seeds(runs_root: Path, tmp_path: Path) -> None:
+    from scipy import stats as sps
+
+    out = tmp_path / "spread"
+    main([str(runs_root), "--out", str(out)])
+    summary = (out / "summary.md").read_text()
+    spread = summary.split("Spread over seeds:\n\n")[1]
+    assert spread.startswith("| σ | n | final held-out acc: mean ± std, 95% CI | "
+                             "best held-out acc: mean ± std, 95% CI |")
+    best = _best(runs_root, "10.0")
+    low, high = sps.ttest_1samp(best, 0.0).confidence_interval(0.95)
+    cell = f"{statistics.mean(best):.4f} ± {statistics.stdev(best):.4f}, 95% CI [{low:.4f}, {high:.4f}] |"
+    assert cell in spread
+    with (out / "runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    mine = [r for r in rows if Path(r["run_dir"]).name.startswith("s10.0-")]
+    for r in mine:  # each run carries its group's spread, full precision
+        assert int(r["val_acc_best_n"]) == 2
+        assert float(r["val_acc_best_mean"]) == pytest.approx(statistics.mean(best), abs=1e-12)
+        assert float(r["val_acc_best_ci95_low"]) == pytest.approx(low, rel=1e-9)
+        assert float(r["val_acc_best_ci95_high"]) == pytest.approx(high, rel=1e-9)
+        assert {"val_acc_n", "val_acc_std"} <= set(r)
