@@ -9,6 +9,7 @@ come from a local generator, never the global RNG.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from torch import Tensor
 
+from lightning_mem import network
 from lightning_mem.checks import check_choice
 
 DatasetName = Literal["mnist5k", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"]
@@ -158,6 +160,27 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+class DownloadError(RuntimeError, ValueError):
+    """A download that failed (a ``ValueError`` too: the CLI reports it before training, exit 2)."""
+
+
+def _sources(spec: DatasetSpec) -> list[str]:
+    """The URLs torchvision downloads ``spec`` from (its mirrors, url or split URLs), for a message."""
+    name = next(iter(getattr(spec.load, "args", ())), None)  # _torchvision_row's partial: the class name
+    if not isinstance(name, str):
+        return []
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, name, None)
+    mirrors = getattr(cls, "mirrors", None)
+    if mirrors:
+        return [str(m) for m in mirrors]
+    if getattr(cls, "url", None):
+        return [str(cls.url)]  # type: ignore[union-attr]
+    splits = getattr(cls, "split_list", None) or {}
+    return [str(v[0]) for v in splits.values()][:2]
+
+
 def load_raw(spec: DatasetSpec, data_dir: str | Path, download: bool = False) -> RawSplits:
     """Load both splits of ``spec``; turn torchvision's errors into messages that name the fix."""
     root = Path(data_dir).expanduser().resolve()
@@ -165,12 +188,15 @@ def load_raw(spec: DatasetSpec, data_dir: str | Path, download: bool = False) ->
         return spec.load(root, download)
     folder = root / spec.folder
     try:
-        raw = spec.load(root, download)
+        # a network that accepts and never answers would block a download for ever: bounded
+        with network.socket_timeout(network.DOWNLOAD_TIMEOUT_S) if download else contextlib.nullcontext():
+            raw = spec.load(root, download)
     except Exception as err:  # RuntimeError (missing / bad checksum), or any parser error on a corrupt file
         missing = [f for f in spec.files if not (folder / f).is_file()]
         cause = f"{type(err).__name__}: {err}"
         if download:
-            raise RuntimeError(f"dataset {spec.name!r}: downloading into {folder} failed ({cause})") from err
+            message = network.download_failure(spec.name, str(folder), _sources(spec), err)
+            raise DownloadError(message) from err
         if missing:
             where = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
             raise FileNotFoundError(
