@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning_mem import ensemble_plan, rundir
+from lightning_mem import ensemble_plan, orphans, rundir
 from lightning_mem.launch import Signals, child_env
 from lightning_mem.rundir import FolderLock, RunDirError
 from lightning_mem.sweep_file import UNSAFE, args_json, build_command, load_spec, points
@@ -120,6 +120,7 @@ class LocalSweep:
         self.grid = list(self.params)  # run ids of this invocation, in order
         self.runs: dict[str, dict[str, Any]] = {}
         self._t0: dict[str, float] = {}  # start times of the running runs
+        self._checked: set[str] = set()  # jobs already looked at for a holder left by an earlier runner
 
     def load(self) -> None:
         """The manifest's runs (RunDirError naming it if it is not one), then this file's commands."""
@@ -195,8 +196,10 @@ class LocalSweep:
                  f" in {len(todo)} processes" if self.pack else "", self.manifest)
         self.save()
         running: dict[str, tuple[subprocess.Popen[bytes], int, Job]] = {}  # job -> (process, slot, job)
+        waiting: dict[str, tuple[orphans.HeldRun, Job]] = {}  # jobs an earlier runner's child still runs
         with Signals() as signals:
-            while (todo or running) and signals.received is None:
+            while (todo or running or waiting) and signals.received is None:
+                todo = self._wait_for_held(todo, waiting)
                 busy = {slot for _, slot, _ in running.values()}
                 for slot in [i for i in range(len(slots)) if i not in busy][: len(todo)]:
                     job = todo.pop(0)
@@ -220,6 +223,40 @@ class LocalSweep:
         if signals.received is not None:
             return 128 + signals.received
         return 0 if all(s in DONE for s in statuses) else 1
+
+    def _wait_for_held(self, todo: list[Job], waiting: dict[str, tuple[orphans.HeldRun, Job]]) -> list[Job]:
+        """Move the jobs whose folders a live process of an earlier runner holds from ``todo`` to
+        ``waiting`` (recorded ``running``, never started again nor marked failed); record the waited
+        jobs whose holder has ended. The jobs still to start."""
+        for job in list(todo):
+            if job.key in self._checked:
+                continue
+            self._checked.add(job.key)  # once: no other runner starts this sweep's runs meanwhile
+            folders = [Path(self.runs[rid]["run_dir"]) for rid in job.rids]
+            folders += [self.dir / job.pack] if job.pack else []
+            held = orphans.held_elsewhere(folders, folders[0])
+            if held is not None:
+                todo.remove(job)
+                waiting[job.key] = (held, job)
+                for rid in job.rids:
+                    self.runs[rid].update(status="running", reason=f"still run by {held.holder}")
+                    self._t0[rid] = time.monotonic()
+                log.warning("%s is still run by %s (started by an earlier runner): waiting for it", job.key,
+                            held.holder)
+                self.save()
+        for key, (held, job) in list(waiting.items()):
+            code = held.poll()
+            if code is not None or held.killed:
+                del waiting[key]
+                for rid in job.rids:
+                    self.runs[rid].pop("reason", None)
+                if code is None:  # killed: its process died without recording an end; run it again
+                    log.warning("%s: its process ended without recording an end; starting it again", key)
+                    todo.append(job)
+                else:
+                    todo += self._finish_job(job, code)
+                self.save()
+        return todo
 
     def _stop(self, running: dict[str, tuple[subprocess.Popen[bytes], int, Job]]) -> None:
         """SIGTERM every child's process group (DDP ranks included), SIGKILL after ``kill_timeout``."""
