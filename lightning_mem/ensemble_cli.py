@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_mem import rundir
+from lightning_mem import pack_extend, rundir
 from lightning_mem.checks import path_arg
 from lightning_mem.ensemble_plan import PACK_JSON, read_pack
 
@@ -134,12 +134,18 @@ def _direct(args: argparse.Namespace, fit_args: list[str]) -> tuple[Path, list[d
     if ckpt is None:
         return pack_dir, members, True
     recorded = read_pack(pack_dir)
-    if recorded != members:
-        ids = [m["run_id"] for m in members]
+    ids = [m["run_id"] for m in members]
+    if [m["run_id"] for m in recorded] != ids:
         raise UsageError(f"{pack_dir / PACK_JSON}: the ensemble there has the members "
                          f"{[m['run_id'] for m in recorded]}; these options give {ids}; resume it with the "
                          "options that started it, or `--pack DIR --ckpt_path last`")
-    return pack_dir, members, False
+    refused, extended = pack_extend.differences(recorded, members)
+    if refused:
+        raise UsageError(f"{pack_dir / PACK_JSON}: the ensemble there was started with other options "
+                         f"({'; '.join(refused)}); a resume may change only the "
+                         f"{', '.join(pack_extend.EXTENDABLE)}* options; resume it with the options that "
+                         "started it, or `--pack DIR --ckpt_path last`")
+    return pack_dir, members, bool(extended)  # extended (a larger max_epochs): record the new arguments
 
 
 def _from_checkpoint(path: Path) -> Path:
