@@ -4,6 +4,7 @@ torchvision's classes for CIFAR-10/100, SVHN, MNIST and Fashion-MNIST, and the e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+
+from lightning_mem import network
 
 DatasetName = Literal["mnist5k", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"]
 
@@ -151,6 +154,27 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+class DownloadError(RuntimeError, ValueError):
+    """A download that failed (a ``ValueError`` too: the CLI reports it before training, exit 2)."""
+
+
+def _sources(spec: DatasetSpec) -> list[str]:
+    """The URLs torchvision downloads ``spec`` from (its mirrors, url or split URLs), for a message."""
+    name = next(iter(getattr(spec.load, "args", ())), None)  # _torchvision_row's partial: the class name
+    if not isinstance(name, str):
+        return []
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, name, None)
+    mirrors = getattr(cls, "mirrors", None)
+    if mirrors:
+        return [str(m) for m in mirrors]
+    if getattr(cls, "url", None):
+        return [str(cls.url)]  # type: ignore[union-attr]
+    splits = getattr(cls, "split_list", None) or {}
+    return [str(v[0]) for v in splits.values()][:2]
+
+
 def load_raw(spec: DatasetSpec, data_dir: str | Path, download: bool = False) -> RawSplits:
     """Load both splits of ``spec``; turn torchvision's errors into messages that name the fix."""
     root = Path(data_dir).expanduser().resolve()
@@ -158,12 +182,15 @@ def load_raw(spec: DatasetSpec, data_dir: str | Path, download: bool = False) ->
         return spec.load(root, download)
     folder = root / spec.folder
     try:
-        raw = spec.load(root, download)
+        # a network that accepts and never answers would block a download for ever: bounded
+        with network.socket_timeout(network.DOWNLOAD_TIMEOUT_S) if download else contextlib.nullcontext():
+            raw = spec.load(root, download)
     except Exception as err:  # RuntimeError (missing / bad checksum), or any parser error on a corrupt file
         missing = [f for f in spec.files if not (folder / f).is_file()]
         cause = f"{type(err).__name__}: {err}"
         if download:
-            raise RuntimeError(f"dataset {spec.name!r}: downloading into {folder} failed ({cause})") from err
+            message = network.download_failure(spec.name, str(folder), _sources(spec), err)
+            raise DownloadError(message) from err
         if missing:
             where = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
             raise FileNotFoundError(

@@ -33,6 +33,7 @@ from typing import Any
 
 from lightning_mem import rundir
 from lightning_mem.checks import path_arg
+from lightning_mem.ensemble import extend as pack_extend
 from lightning_mem.ensemble.plan import ENSEMBLE_KEYS, PACK_JSON, read_pack
 from lightning_mem.errors import EXIT_BAD_INPUT, UsageError
 
@@ -123,12 +124,18 @@ def _direct(args: argparse.Namespace, fit_args: list[str]) -> tuple[Path, list[d
     if ckpt is None:
         return pack_dir, members, True
     recorded = read_pack(pack_dir)
-    if recorded != members:
-        ids = [m["run_id"] for m in members]
+    ids = [m["run_id"] for m in members]
+    if [m["run_id"] for m in recorded] != ids:
         raise UsageError(f"{pack_dir / PACK_JSON}: the ensemble there has the members "
                          f"{[m['run_id'] for m in recorded]}; these options give {ids}; resume it with the "
                          "options that started it, or `--pack DIR --ckpt_path last`")
-    return pack_dir, members, False
+    refused, extended = pack_extend.differences(recorded, members)
+    if refused:
+        raise UsageError(f"{pack_dir / PACK_JSON}: the ensemble there was started with other options "
+                         f"({'; '.join(refused)}); a resume may change only the "
+                         f"{', '.join(pack_extend.EXTENDABLE)}* options; resume it with the options that "
+                         "started it, or `--pack DIR --ckpt_path last`")
+    return pack_dir, members, bool(extended)  # extended (a larger max_epochs): record the new arguments
 
 
 def _from_checkpoint(path: Path) -> Path:

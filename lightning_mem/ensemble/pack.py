@@ -93,6 +93,19 @@ def _claim(pack_dir: Path, members: Sequence[Member], resume: bool, stack: conte
         _refuse_if_taken(member, resume)  # again under the locks: another process may have come first
 
 
+def _extended(record: dict[str, Any], trainer: dict[str, Any]) -> bool:
+    """Whether a member that finished trains on: the resume asks for more epochs or steps than it ran (a
+    larger ``--trainer.max_epochs``, as a single run extends); a diverged member never does."""
+    if record.get("status") != rundir.FINISHED:
+        return False
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    if isinstance(max_steps, int) and max_steps > 0 and max_steps > int(record.get("global_step") or 0):
+        return True
+    if max_epochs is None:  # Lightning's default: 1000 epochs unless max_steps is set
+        return not (isinstance(max_steps, int) and max_steps > 0) and int(record.get("epoch") or 0) < 1000
+    return isinstance(max_epochs, int) and (max_epochs < 0 or max_epochs > int(record.get("epoch") or 0))
+
+
 def _check_trainer(trainer: dict[str, Any]) -> None:
     """Build the Trainer once from the members' arguments: its own checks, before anything is written."""
     quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -201,7 +214,8 @@ def prepare_pack(pack_dir: Path, entries: Sequence[dict[str, Any]], ckpt: Path |
         _claim(pack_dir, members, ckpt is not None, stack)
         riders = []
         for member, was_alive in zip(members, alive, strict=True):
-            ended = (rundir.read_status(member.run_dir) or {}).get("status") in rundir.DONE
+            record = rundir.read_status(member.run_dir) or {}
+            ended = record.get("status") in rundir.DONE and not _extended(record, settings.trainer)
             riders.append(ckpt is not None and (ended or not was_alive))
         if write_members:
             write_pack(pack_dir, entries)

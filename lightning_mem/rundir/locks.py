@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -40,8 +41,7 @@ class FolderLock:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip()
+            holder = self._holder_record(fh)
             fh.close()
             raise LockedError(in_use_message(self.what, self._describe(holder))) from None
         fh.seek(0)
@@ -51,6 +51,18 @@ class FolderLock:
         fh.flush()
         self._fh = fh
         return self
+
+    @staticmethod
+    def _holder_record(fh: IO[str], wait: float = 2.0) -> str:
+        """The holder's record; a holder that has just taken the lock writes it a moment later (a second
+        process started at the same time would otherwise be told "holder unknown")."""
+        deadline = time.monotonic() + wait
+        while True:
+            fh.seek(0)
+            holder = fh.read().strip()
+            if holder.endswith("}") or time.monotonic() > deadline:
+                return holder
+            time.sleep(0.02)
 
     @staticmethod
     def _describe(holder: str) -> str:

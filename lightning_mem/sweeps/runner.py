@@ -29,7 +29,9 @@ from typing import Any
 from lightning_mem import metric_keys, rundir
 from lightning_mem.ensemble import plan as ensemble_plan
 from lightning_mem.rundir import FolderLock, RunDirError
+from lightning_mem.sweeps import orphans
 from lightning_mem.sweeps.launch import Signals, child_env
+from lightning_mem.sweeps.outcomes import error_line, member_status, run_status
 from lightning_mem.sweeps.spec import UNSAFE, args_json, build_command, load_spec, points
 
 log = logging.getLogger(__name__)
@@ -37,51 +39,6 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- runs
-
-
-def run_status(run_dir: Path, returncode: int, metrics: dict[str, float | None]) -> tuple[str, str | None]:
-    """(status, reason): ``diverged`` if the run's ``status.json`` says so (the CLI's ``RunStatus``) or
-    its last train loss is not finite; else finished / failed by exit code."""
-    record = rundir.read_status(run_dir) or {}
-    reason = record.get("reason")
-    if record.get("status") == rundir.DIVERGED:
-        return rundir.DIVERGED, reason
-    if returncode == 0 and metric_keys.TRAIN_LOSS in metrics and metrics[metric_keys.TRAIN_LOSS] is None:
-        return rundir.DIVERGED, "last train/loss is not finite"
-    return (rundir.FINISHED, None) if returncode == 0 else (rundir.FAILED, reason)
-
-
-def member_status(
-    run_dir: Path, output_log: Path, interrupted: bool
-) -> tuple[str, str | None, dict[str, float | None]]:
-    """(status, reason, final metrics) of a pack's member: its ``status.json`` (the ensemble writes each
-    member's end there); ``failed`` when the pack's process ended without recording it."""
-    try:
-        metrics, broken = rundir.final_metrics(run_dir), None
-    except RunDirError as err:  # a metrics.csv that is not one
-        metrics, broken = {}, str(err)
-    record = rundir.read_status(run_dir) or {}
-    status, reason = str(record.get("status", rundir.FAILED)), record.get("reason")
-    if interrupted:
-        status = rundir.INTERRUPTED
-    elif status not in rundir.DONE:
-        status, reason = rundir.FAILED, reason or error_line(output_log)
-    if broken and status == rundir.FINISHED:
-        status, reason = rundir.FAILED, broken
-    return status, reason, metrics
-
-
-def error_line(output_log: Path, limit: int = 300) -> str | None:
-    """The last ``error:`` line of a run's output (the CLI's message), else its last line."""
-    if not output_log.is_file():
-        return None
-    lines = [line.strip() for line in output_log.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if line.lower().startswith(("error:", "error "))]
-    found = errors[-1] if errors else lines[-1] if lines else None
-    return None if found is None else found[:limit]
-
-
-# ---------------------------------------------------------------------------- the local runner
 
 
 @dataclass
@@ -120,6 +77,7 @@ class LocalSweep:
         self.grid = list(self.params)  # run ids of this invocation, in order
         self.runs: dict[str, dict[str, Any]] = {}
         self._t0: dict[str, float] = {}  # start times of the running runs
+        self._checked: set[str] = set()  # jobs already looked at for a holder left by an earlier runner
 
     def load(self) -> None:
         """The manifest's runs (RunDirError naming it if it is not one), then this file's commands."""
@@ -199,8 +157,10 @@ class LocalSweep:
                  f" in {len(todo)} processes" if self.pack else "", self.manifest)
         self.save()
         running: dict[str, tuple[subprocess.Popen[bytes], int, Job]] = {}  # job -> (process, slot, job)
+        waiting: dict[str, tuple[orphans.HeldRun, Job]] = {}  # jobs an earlier runner's child still runs
         with Signals() as signals:
-            while (todo or running) and signals.received is None:
+            while (todo or running or waiting) and signals.received is None:
+                todo = self._wait_for_held(todo, waiting)
                 busy = {slot for _, slot, _ in running.values()}
                 for slot in [i for i in range(len(slots)) if i not in busy][: len(todo)]:
                     job = todo.pop(0)
@@ -224,6 +184,40 @@ class LocalSweep:
         if signals.received is not None:
             return 128 + signals.received
         return 0 if all(s in rundir.DONE for s in statuses) else 1
+
+    def _wait_for_held(self, todo: list[Job], waiting: dict[str, tuple[orphans.HeldRun, Job]]) -> list[Job]:
+        """Move the jobs whose folders a live process of an earlier runner holds from ``todo`` to
+        ``waiting`` (recorded ``running``, never started again nor marked failed); record the waited
+        jobs whose holder has ended. The jobs still to start."""
+        for job in list(todo):
+            if job.key in self._checked:
+                continue
+            self._checked.add(job.key)  # once: no other runner starts this sweep's runs meanwhile
+            folders = [Path(self.runs[rid]["run_dir"]) for rid in job.rids]
+            folders += [self.dir / job.pack] if job.pack else []
+            held = orphans.held_elsewhere(folders, folders[0])
+            if held is not None:
+                todo.remove(job)
+                waiting[job.key] = (held, job)
+                for rid in job.rids:
+                    self.runs[rid].update(status=rundir.RUNNING, reason=f"still run by {held.holder}")
+                    self._t0[rid] = time.monotonic()
+                log.warning("%s is still run by %s (started by an earlier runner): waiting for it", job.key,
+                            held.holder)
+                self.save()
+        for key, (held, job) in list(waiting.items()):
+            code = held.poll()
+            if code is not None or held.killed:
+                del waiting[key]
+                for rid in job.rids:
+                    self.runs[rid].pop("reason", None)
+                if code is None:  # killed: its process died without recording an end; run it again
+                    log.warning("%s: its process ended without recording an end; starting it again", key)
+                    todo.append(job)
+                else:
+                    todo += self._finish_job(job, code)
+                self.save()
+        return todo
 
     def _stop(self, running: dict[str, tuple[subprocess.Popen[bytes], int, Job]]) -> None:
         """SIGTERM every child's process group (DDP ranks included), SIGKILL after ``kill_timeout``."""

@@ -12,6 +12,7 @@ canonical hyperparameters ``hp`` (:data:`lightning_mem.rundir.HP_KEYS`, also in 
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -22,7 +23,9 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
-from lightning_mem import _compat, metric_keys, rundir
+from lightning_mem import _compat, metric_keys, network, rundir
+
+log = logging.getLogger(__name__)
 
 LOGGER_CLASSES = {  # a logger named in a config -> the class the CLI instantiates
     "CSVLogger": "lightning_mem.loggers.RunCSVLogger",  # Lightning's CSVLogger, continuing on resume
@@ -134,6 +137,16 @@ def setup_wandb_run(run: Any, config: dict[str, Any], hp: dict[str, Any]) -> Non
     run.config.update({**config, "hp": hp}, allow_val_change=True)
 
 
+def _offline_without_server(args: Namespace, run_dir: Path) -> None:
+    """An online W&B run whose server gives no answer within a few seconds (no network, a stalled
+    proxy) goes offline at once, as a run without a key does, instead of waiting out ``wandb.init``'s
+    90 s and failing with a ``CommError`` (:func:`lightning_mem.network.wandb_reachable`)."""
+    reachable, tried = network.wandb_reachable(os.environ.get("WANDB_BASE_URL"))
+    if not reachable:
+        args.offline = True
+        log.warning("W&B: %s; logging offline into %s/wandb (upload later with `wandb sync`)", tried, run_dir)
+
+
 def configure_loggers(
     trainer: Namespace, run: Namespace, run_dir: Path, resume: tuple[int, int] | None
 ) -> None:
@@ -171,5 +184,7 @@ def configure_loggers(
             args.resume = "allow"  # a resumed fit continues the same W&B run
             if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") is None:
                 args.offline = True  # no credentials: an offline run that `wandb sync` uploads later
+            elif not args.get("offline") and os.environ.get("WANDB_MODE") is None:
+                _offline_without_server(args, run_dir)
     order = sorted(range(len(loggers)), key=lambda i: names[i] not in csv_names)
     trainer.logger = [loggers[i] for i in order]
