@@ -26,6 +26,8 @@ def relink(text: str) -> str:
         name, hash_, anchor = target.partition("#")
         if target.startswith(("http://", "https://", "mailto:", "#")):
             return m.group(0)
+        if name.startswith("docs/data"):  # the committed run data: files of the repository, not pages
+            return label if label.startswith("`") else f"`{label}`"
         if name.startswith("docs/"):
             return f"{bang}[{label}]({name[len('docs/'):]}{hash_}{anchor})"
         if name in PAGES:
