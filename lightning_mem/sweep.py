@@ -38,6 +38,7 @@ from lightning_mem.checks import path_arg
 from lightning_mem.launch import cmd_agents, slots_of
 from lightning_mem.sweep_file import check_runs
 from lightning_mem.sweep_runner import DONE, LocalSweep
+from lightning_mem.sweep_slurm import add_parsers as add_slurm_parsers
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ def parser() -> argparse.ArgumentParser:
     ag.add_argument("--stagger", type=_seconds, default=10.0,
                     help="seconds between agent starts (default: 10)")
     ag.set_defaults(func=cmd_agents)
+    add_slurm_parsers(sub, _positive)
     return p
 
 

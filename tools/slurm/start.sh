@@ -46,6 +46,7 @@ MessageTimeout=20
 # Requeued jobs may run again (submitit requeues on preemption / time-out signals).
 JobRequeue=1
 MaxArraySize=10001
+DefMemPerCPU=2048
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
