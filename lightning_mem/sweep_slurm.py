@@ -152,7 +152,7 @@ def run_state(sweep_dir: Path, rid: str, queued: set[str]) -> str:
 
 
 def _record(sweep_dir: Path) -> dict[str, Any]:
-    """``slurm.json``: the sweep file, ``--count``/``--seed`` and every submission (written by the submitter)."""
+    """``slurm.json``: the sweep file, ``--count``/``--seed`` and every submission (the submitter's)."""
     path = sweep_dir / SLURM_JSON
     return dict(json.loads(path.read_text())) if path.is_file() else {"submissions": []}
 
@@ -207,7 +207,8 @@ def check_cluster(opts: dict[str, str], root: Path) -> None:
     out = subprocess.run(test, capture_output=True, text=True, timeout=120)
     errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
     if out.returncode != 0 or errors:
-        raise SlurmError(" ".join(errors or out.stderr.split("\n")[-2:]).strip() or f"sbatch exit {out.returncode}")
+        message = " ".join(errors or out.stderr.split("\n")[-2:]).strip()
+        raise SlurmError(message or f"sbatch exit {out.returncode}")
     if str(root.resolve()).startswith(("/tmp/", "/var/tmp/", "/dev/shm/")):
         log.warning("--root %s is under a node-local folder: the compute nodes must share the sweep root "
                     "(a one-node cluster is fine)", root)
@@ -231,7 +232,8 @@ def cmd_slurm(args: argparse.Namespace) -> int:
         return 0
     check_cluster(opts, sweep.root)
     if not todo:
-        sys.stdout.write(f"sweep {sweep.name}: all {len(sweep.grid)} runs done or running; nothing submitted\n")
+        sys.stdout.write(f"sweep {sweep.name}: all {len(sweep.grid)} runs done or running; "
+                         "nothing submitted\n")
         return 0
     import submitit
 
@@ -248,11 +250,13 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     record = _record(sweep.dir)
     record.update(file=str(sweep.path.resolve()), count=args.count, seed=args.seed, root=str(sweep.root))
     record["submissions"].append({"job": array, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  "options": opts, "runs": {str(i): rid for i, rid in enumerate(todo)}})
+                                  "options": opts, "runs": {str(i): rid for i, rid in enumerate(todo)},
+                                  "tasks": {str(i): job.job_id for i, job in enumerate(jobs)}})
     rundir.atomic_write_json(sweep.dir / SLURM_JSON, record)
     derive_manifest(sweep, queued_jobs())
     sys.stdout.write(f"sweep {sweep.name}: job array {array}, {len(todo)} tasks "
-                     f"({len(sweep.grid) - len(todo)} runs skipped); watch: lightning-mem sweep status {sweep.dir}\n")
+                     f"({len(sweep.grid) - len(todo)} runs skipped); "
+                     f"watch: lightning-mem sweep status {sweep.dir}\n")
     return 0
 
 
@@ -260,12 +264,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     sweep_dir = Path(args.sweep_dir).resolve()
     record = _record(sweep_dir)
     if "file" not in record:
-        raise SlurmError(f"{sweep_dir}: no {SLURM_JSON} (not a sweep submitted by `lightning-mem sweep slurm`)")
+        raise SlurmError(f"{sweep_dir}: no {SLURM_JSON} "
+                         "(not a sweep submitted by `lightning-mem sweep slurm`)")
     sweep = LocalSweep(Path(record["file"]), sweep_dir.parent, count=record.get("count"),
                        seed=record.get("seed", 0))
     queued = queued_jobs()
     if args.cancel:
-        arrays = [sub["job"] for sub in record["submissions"] if sub["job"] in {j.split("_")[0] for j in queued}]
+        live = {j.split("_")[0] for j in queued}
+        arrays = [sub["job"] for sub in record["submissions"] if sub["job"] in live]
         if arrays:
             subprocess.run(["scancel", *arrays], check=False, timeout=60)
             log.info("scancel %s", " ".join(arrays))
@@ -286,11 +292,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any, positive: Any) -> None:
     """Register ``slurm`` and ``status`` on the ``sweep`` command's subparsers."""
-    sl = sub.add_parser("slurm", help="Submit a sweep YAML (grid or random) as one SLURM job array (submitit).")
+    sl = sub.add_parser("slurm", help="Submit a sweep YAML as one SLURM job array.")
     sl.add_argument("sweep", type=path_arg, help="W&B sweep YAML (sweeps/*.yaml)")
     sl.add_argument("--root", type=path_arg, default="runs",
-                    help="runs go to ROOT/<sweep name>/<run id>/ on a filesystem the nodes share (default: runs)")
-    sl.add_argument("--count", type=positive, default=None, help="number of runs (method random; caps a grid)")
+                    help="runs go to ROOT/<sweep name>/<run id>/, shared by the nodes (default: runs)")
+    sl.add_argument("--count", type=positive, default=None, help="runs (method random; caps a grid)")
     sl.add_argument("--seed", type=int, default=0, help="seed of method random's draws (default: 0)")
     sl.add_argument("--partition", help="sbatch --partition")
     sl.add_argument("--time", help="sbatch --time per task (M, H:M:S, D-H:M:S)")
@@ -302,15 +308,15 @@ def add_parsers(sub: Any, positive: Any) -> None:
     sl.add_argument("--constraint", help="sbatch --constraint")
     sl.add_argument("--slurm-option", action="append", metavar="KEY=VALUE",
                     help="any other sbatch option, without its -- (repeatable)")
-    sl.add_argument("--array-parallelism", type=positive, default=256, help="array tasks at once (default 256)")
+    sl.add_argument("--array-parallelism", type=positive, default=256, help="tasks at once (default 256)")
     sl.add_argument("--signal-delay", type=positive, default=90,
-                    help="seconds before --time at which the task is signalled to save and requeue (default 90)")
+                    help="seconds before --time the task is told to save and requeue (default 90)")
     sl.add_argument("--max-requeue", type=int, default=3, help="requeues after a time-out (default 3)")
     sl.add_argument("--wandb-mode", default="offline", choices=["offline", "disabled", "online"],
                     help="WANDB_MODE of the runs (default offline: compute nodes often have no network)")
-    sl.add_argument("--dry-run", action="store_true", help="print the array and each task's command; submit nothing")
+    sl.add_argument("--dry-run", action="store_true", help="print the array and each command")
     sl.set_defaults(func=cmd_slurm)
-    st = sub.add_parser("status", help="k of N finished/running/pending/failed of a SLURM sweep (run folders, squeue).")
+    st = sub.add_parser("status", help="k of N finished/running/pending/failed (SLURM).")
     st.add_argument("sweep_dir", type=path_arg, help="ROOT/<sweep name>")
     st.add_argument("--cancel", action="store_true", help="scancel its queued tasks (finished runs stay)")
     st.set_defaults(func=cmd_status)
