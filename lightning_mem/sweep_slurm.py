@@ -83,6 +83,21 @@ def claim(sweep_dir: Path, rid: str, me: str) -> str | None:
     return None
 
 
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` has exited (gone, or a zombie not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def _child_signals() -> None:
+    """In the fit's process: ignore SLURM's warning signals (SIG_IGN survives exec); the task, not the fit,
+    answers them, with a SIGTERM to the fit."""
+    for name in ("SIGUSR1", "SIGUSR2"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 class RunTask:
     """One array task: claim the run, train it (resuming ``last.ckpt`` when there is one), record nothing
     but its run folder. submitit calls :meth:`checkpoint` on preemption or at the time limit."""
@@ -113,8 +128,11 @@ class RunTask:
         env = dict(os.environ, WANDB_MODE=self.wandb_mode, LIGHTNING_MEM_RUN_ID=self.rid)
         for key in ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH"):
             env.pop(key, None)
+        for key in [k for k in env if k.startswith(("SLURM_", "SUBMITIT_"))]:
+            env.pop(key)  # else Lightning's SLURM plugin would requeue too; the fit is one local process
         with (run_dir / rundir.OUTPUT_LOG).open("ab") as out:
-            self._proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            self._proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          preexec_fn=_child_signals)
         code = self._proc.wait()
         if code != 0:
             raise RuntimeError(f"run {self.rid} exited {code}: {error_line(run_dir / rundir.OUTPUT_LOG)}")
@@ -124,10 +142,12 @@ class RunTask:
         """Stop the fit with SIGTERM (it writes ``last.ckpt`` and exits) and requeue this same task."""
         import submitit  # the task's side only
 
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=60)
+        if self._proc is not None:  # __call__ is inside Popen.wait, holding its lock: watch /proc instead
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while not _ended(self._proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
         return submitit.helpers.DelayedSubmission(RunTask(self.sweep_dir, self.rid, self.command,
                                                           self.params, self.wandb_mode))
 
