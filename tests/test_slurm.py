@@ -116,8 +116,8 @@ def test_grid_finishes_and_a_resubmission_runs_only_what_was_left(tmp_path: Path
 
 @pytest.mark.slow  # one fit preempted mid-run, requeued and resumed, and its reference: ~2 min
 def test_preempted_task_requeues_and_resumes_to_a_byte_identical_metrics_csv(tmp_path: Path) -> None:
-    params = {"model.net.init_std": {"value": 1.0}, "trainer.max_epochs": {"value": 40},
-              "data.batch_size": {"value": 32}}
+    params = {"model.net.init_std": {"value": 1.0}, "trainer.max_epochs": {"value": 6},
+              "data.batch_size": {"value": 64}}
     path = _sweep_file(tmp_path, params)
     root = tmp_path / "runs"
     argv = ["slurm", str(path), "--root", str(root), "--time", "10", "--wandb-mode", "disabled"]
@@ -137,6 +137,8 @@ def test_preempted_task_requeues_and_resumes_to_a_byte_identical_metrics_csv(tmp
     log_text = "".join(p.read_text() for p in out)
     assert "Requeued job" in log_text, log_text[-2000:]
     assert rundir.read_status(run_dir)["status"] == "finished"  # type: ignore[index]
+    # Resumed in the same folder (a fresh start would have removed the first attempt's output).
+    assert "Stopped by SIGTERM" in (run_dir / "output.log").read_text()
     # The same run, uninterrupted, in its own root.
     ref_root = tmp_path / "ref"
     assert sweep.run(["local", str(path), "--root", str(ref_root), "--wandb-mode", "disabled"]) == 0
