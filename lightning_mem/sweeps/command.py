@@ -39,6 +39,7 @@ from lightning_mem.checks import path_arg
 from lightning_mem.errors import EXIT_BAD_INPUT
 from lightning_mem.sweeps.launch import cmd_agents, slots_of
 from lightning_mem.sweeps.runner import LocalSweep
+from lightning_mem.sweeps.slurm import add_parsers as add_slurm_parsers
 from lightning_mem.sweeps.spec import check_runs
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ def parser() -> argparse.ArgumentParser:
     ag.add_argument("--stagger", type=_seconds, default=10.0,
                     help="seconds between agent starts (default: 10)")
     ag.set_defaults(func=cmd_agents)
+    add_slurm_parsers(sub, _positive)
     return p
 
 

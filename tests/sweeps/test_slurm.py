@@ -1,0 +1,147 @@
+"""``sweep slurm`` / ``sweep status`` against a real one-node SLURM cluster (``tools/slurm/start.sh``).
+
+Skipped when no cluster answers ``sinfo``, unless ``LM_REQUIRE_SLURM=1`` (CI sets it after starting the
+cluster), where a missing cluster fails. Each test submits real arrays of tiny fits on the 8x8 digits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lightning_mem import rundir
+from lightning_mem.sweeps import command as sweep
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CONF = Path(os.environ.get("LM_SLURM_DIR", "/tmp/lm-slurm")) / "slurm.conf"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> None:
+    if "SLURM_CONF" not in os.environ and DEFAULT_CONF.is_file():
+        os.environ["SLURM_CONF"] = str(DEFAULT_CONF)
+    ok = shutil.which("sinfo") is not None and subprocess.run(
+        ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30).returncode == 0
+    if not ok:
+        if os.environ.get("LM_REQUIRE_SLURM") == "1":
+            pytest.fail("LM_REQUIRE_SLURM=1 but no SLURM cluster answers `sinfo` (run tools/slurm/start.sh)")
+        pytest.skip("no SLURM cluster (tools/slurm/start.sh starts one; LM_REQUIRE_SLURM=1 makes this fail)")
+
+
+def _sweep_file(tmp_path: Path, params: dict[str, Any], name: str = "tiny") -> Path:
+    base = {"data.dataset": {"value": "digits"}, "model.net.width": {"value": 16},
+            "trainer.enable_progress_bar": {"value": False}}
+    spec = {"name": name, "method": "grid", "parameters": {**base, **params},
+            "command": ["${env}", sys.executable, "-m", "lightning_mem", "fit", "--config",
+                        str(REPO / "configs/quickstart.yaml"), "--config", "${args_json_file}"]}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _arrays(sweep_dir: Path) -> list[dict[str, Any]]:
+    return list(json.loads((sweep_dir / "slurm.json").read_text())["submissions"])
+
+
+def _wait(array: str, limit: float = 400) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout
+        if not any(j.split("_")[0] == array for j in out.split()):
+            return
+        time.sleep(1)
+    pytest.fail(f"array {array} still queued after {limit} s")
+
+
+def _queue() -> list[str]:
+    return subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split()
+
+
+@pytest.mark.slow  # imports the CLI and asks sbatch: ~20 s
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--partition", "no-such-partition"], "invalid partition specified: no-such-partition"),
+    (["--time", "10:xx"], "Invalid --time specification"),
+])
+def test_bad_option_exits_2_with_slurms_message_and_queues_nothing(
+        tmp_path: Path, flags: list[str], message: str, caplog: pytest.LogCaptureFixture) -> None:
+    path = _sweep_file(tmp_path, {"model.net.init_std": {"values": [0.01, 1.0]}})
+    before = _queue()
+    assert sweep.run(["slurm", str(path), "--root", str(tmp_path / "runs"), *flags]) == 2
+    assert message in caplog.text
+    assert _queue() == before
+    assert not (tmp_path / "runs" / "tiny" / "slurm.json").exists()
+
+
+@pytest.mark.slow  # four real fits as array tasks, then one again: ~2-3 min on 2 shared cores
+def test_grid_finishes_and_a_resubmission_runs_only_what_was_left(tmp_path: Path) -> None:
+    path = _sweep_file(tmp_path, {"model.net.init_std": {"values": [0.01, 1.0]},
+                                  "seed_everything": {"values": [0, 1]}, "trainer.max_epochs": {"value": 1}})
+    root = tmp_path / "runs"
+    argv = ["slurm", str(path), "--root", str(root), "--time", "10", "--wandb-mode", "disabled"]
+    assert sweep.run(argv) == 0
+    sweep_dir = root.resolve() / "tiny"
+    (first,) = _arrays(sweep_dir)
+    assert len(first["runs"]) == 4
+    _wait(first["job"])
+    assert sweep.run(["status", str(sweep_dir)]) == 0
+    runs = rundir.read_manifest(sweep_dir / "manifest.json")["runs"]
+    assert sorted(r["status"] for r in runs.values()) == ["finished"] * 4
+    for rid, r in runs.items():
+        assert Path(r["run_dir"]) == sweep_dir / rid
+        assert 0.0 <= r["metrics"]["train/acc"] <= 1.0 and r["metrics"]["epoch"] == 0.0
+        assert rundir.read_status(sweep_dir / rid)["status"] == "finished"  # type: ignore[index]
+        assert (sweep_dir / "claims" / rid / "job").read_text().startswith(first["job"] + "_")
+    # One run lost its folder: the resubmission's array has that run alone.
+    gone = sorted(runs)[2]
+    shutil.rmtree(sweep_dir / gone)
+    assert sweep.run(argv) == 0
+    second = _arrays(sweep_dir)[1]
+    assert list(second["runs"].values()) == [gone]
+    _wait(second["job"])
+    assert sweep.run(["status", str(sweep_dir)]) == 0
+    runs = rundir.read_manifest(sweep_dir / "manifest.json")["runs"]
+    assert sorted(r["status"] for r in runs.values()) == ["finished"] * 4
+    # Nothing left: a third submission queues nothing.
+    assert sweep.run(argv) == 0
+    assert len(_arrays(sweep_dir)) == 2
+
+
+@pytest.mark.slow  # one fit preempted mid-run, requeued and resumed, and its reference: ~2 min
+def test_preempted_task_requeues_and_resumes_to_a_byte_identical_metrics_csv(tmp_path: Path) -> None:
+    params = {"model.net.init_std": {"value": 1.0}, "trainer.max_epochs": {"value": 6},
+              "data.batch_size": {"value": 64}}
+    path = _sweep_file(tmp_path, params)
+    root = tmp_path / "runs"
+    argv = ["slurm", str(path), "--root", str(root), "--time", "10", "--wandb-mode", "disabled"]
+    assert sweep.run(argv) == 0
+    sweep_dir = root.resolve() / "tiny"
+    (sub,) = _arrays(sweep_dir)
+    rid = sub["runs"]["0"]
+    run_dir = sweep_dir / rid
+    deadline = time.monotonic() + 300
+    while not rundir.last_checkpoint(run_dir).is_file():  # preempt after the first checkpoint
+        assert time.monotonic() < deadline, "no last.ckpt within 300 s"
+        time.sleep(0.5)
+    task = sub["tasks"]["0"]  # a one-task array is submitted as a plain job: "16", not "16_0"
+    subprocess.run(["scancel", "--signal=USR2", task], check=True)
+    _wait(sub["job"], 600)
+    out = (sweep_dir / "slurm" / task).glob("*_log.out")
+    log_text = "".join(p.read_text() for p in out)
+    assert "Requeued job" in log_text, log_text[-2000:]
+    assert rundir.read_status(run_dir)["status"] == "finished"  # type: ignore[index]
+    # Resumed in the same folder (a fresh start would have removed the first attempt's output).
+    assert "Stopped by SIGTERM" in (run_dir / "output.log").read_text()
+    # The same run, uninterrupted, in its own root.
+    ref_root = tmp_path / "ref"
+    assert sweep.run(["local", str(path), "--root", str(ref_root), "--wandb-mode", "disabled"]) == 0
+    ref = ref_root / "tiny" / rid / "metrics.csv"
+    assert (run_dir / "metrics.csv").read_bytes() == ref.read_bytes()
