@@ -44,6 +44,7 @@ PACKABLE_CONFIG = ("seed_everything", "model.net.init_args.init_std", "model.lr"
 # Callbacks of a single run's config that the ensemble replaces with its own per-member form.
 ENSEMBLE_CALLBACKS = {
     "lightning_mem.callbacks.AlignmentMonitor": "EnsembleAlignmentMonitor (per member)",
+    "lightning_mem.kernel_monitor.KernelMonitor": "EnsembleKernelMonitor (per member)",
     "lightning_mem.guard.DivergenceGuard": "the ensemble's guard (per member, exact step)",
     "lightning_mem.guard.RunStatus": "a status.json per member",
 }
@@ -209,6 +210,7 @@ class PackSettings:
     monitor: Any  # the configured AlignmentMonitor, or None
     checkpoints: bool
     tf32: bool
+    kernel_monitor: Any = None  # the configured KernelMonitor, or None
 
 
 def _unsupported(
@@ -271,7 +273,7 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
             raise PackError(f"trainer.{key}={trainer[key]!r}: an ensemble trains on one device in FP32 with "
                             f"one batch per step (allowed: {', '.join(map(repr, allowed))}); run one "
                             "ensemble per device instead (`sweep local --pack --gpus ...`)")
-    monitor = None
+    monitor = kernel_monitor = None
     callbacks = members[0].cli.config_init["fit"]["trainer"].get("callbacks") or []
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
         path = f"{type(callback).__module__}.{type(callback).__name__}"
@@ -280,6 +282,8 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
                             f"takes {', '.join(ENSEMBLE_CALLBACKS)} only; run these with `lightning-mem fit`")
         if path.endswith("AlignmentMonitor"):
             monitor = callback
+        if path.endswith("KernelMonitor"):
+            kernel_monitor = callback
     loggers = trainer.get("logger")
     for entry in loggers if isinstance(loggers, list) else []:
         if _class_path(entry) not in LOGGERS:
@@ -293,4 +297,4 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
         net={"width": net_args.get("width", 1024), "activation": net_args.get("activation", "sin")},
         loss={"loss": model["loss"], "loss_scale_with_init": model["loss_scale_with_init"]},
         data=ensemble_data, trainer=trainer, monitor=monitor, checkpoints=checkpoints,
-        tf32=bool(config["precision"]["tf32"]))
+        tf32=bool(config["precision"]["tf32"]), kernel_monitor=kernel_monitor)
