@@ -24,7 +24,8 @@ Measures on a kernel K (B, B) and labels:
   (:func:`activation_pattern`);
 - the class stiffness matrix (Fort et al. 2019): S[c, c′] = mean over i ∈ c, j ∈ c′, i ≠ j of the
   cosine of per-example loss gradients, from their all-pairs Gram.
-All return fp64; matmuls run in IEEE fp32 or fp64 (:func:`lightning_mem.grams.ieee_fp32`).
+All return fp64; matmuls run in IEEE fp32 or fp64 (:func:`lightning_mem.grams.ieee_fp32`): for the
+MLP the two products over the input dimension in the inputs' precision, the rest in fp64.
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ def activation_derivative(act: Callable[[Tensor], Tensor], pre: Tensor) -> Tenso
     return jvp(act, (pre,), (torch.ones_like(pre),))[1]
 
 
+def _input_side(x: Tensor, w1: Tensor) -> tuple[Tensor, Tensor]:
+    """Pre-activations x W1ᵀ (B, h) and the input Gram x xᵀ (B, B), both fp64: the two products over
+    the input dimension d, the costly ones (B·d·h and B²·d), run in the inputs' precision (≥ IEEE fp32;
+    fp64 inputs stay fp64); everything after them runs in fp64."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, w1 = x.to(dtype), w1.to(dtype)
+    return (x @ w1.T).double(), (x @ x.T).double()
+
+
 def mlp_ntk(
     x: Tensor, w1: Tensor, w2: Tensor, act: Callable[[Tensor], Tensor], per_output: bool = False
 ) -> Tensor:
@@ -57,11 +67,10 @@ def mlp_ntk(
         per_output: Return Θ_cc′ as (B, k, B, k) instead of the sum over outputs (B, B).
     """
     with ieee_fp32():
-        x, w1, w2 = x.double(), w1.double(), w2.double()
-        pre = x @ w1.T  # (B, h) pre-activations
+        pre, xx = _input_side(x, w1)
+        w2 = w2.double()
         a = act(pre)  # (B, h) φ(W1 x)
         d = activation_derivative(act, pre)  # (B, h) φ′(W1 x)
-        xx = x @ x.T  # (B, B) Gram of the inputs
         aa = a @ a.T  # (B, B) Gram of the features
         k = w2.shape[0]
         if not per_output:
@@ -82,11 +91,11 @@ def mlp_loss_gradient_gram(
     K = (A Aᵀ)∘(G Gᵀ) + (X Xᵀ)∘(Δ Δᵀ). The scale of g is that of the loss given (ℓ_i or ℓ_i / B).
     """
     with ieee_fp32():
-        x, w1, w2, g = x.double(), w1.double(), w2.double(), grad_logits.double()
-        pre = x @ w1.T
+        pre, xx = _input_side(x, w1)
+        w2, g = w2.double(), grad_logits.double()
         a, d = act(pre), activation_derivative(act, pre)
         delta = (g @ w2) * d  # (B, h)
-        return (a @ a.T) * (g @ g.T) + (x @ x.T) * (delta @ delta.T)
+        return (a @ a.T) * (g @ g.T) + xx * (delta @ delta.T)
 
 
 def _param_dict(net: nn.Module, params: dict[str, Tensor] | None) -> dict[str, Tensor]:
