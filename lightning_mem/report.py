@@ -35,6 +35,7 @@ from pathlib import Path
 
 from lightning_mem.checks import path_arg
 from lightning_mem.figures import plot_acc_vs_alignment, plot_alignment_curves, plot_curves, plot_vs_sigma
+from lightning_mem.kernel_figures import plot_kernel_curves
 from lightning_mem.rundir import MANIFEST, read_manifest
 from lightning_mem.runlog import (
     COLUMNS,
@@ -110,6 +111,7 @@ def render(
         plot_vs_sigma(runs, layout, keys, [("grad_over_weight", f"{keys.norm} (mean over training)")],
                   "‖∇W1‖ / ‖W1‖", out / "grad_norm_vs_sigma.png", logy=True, tail=tail),
         plot_acc_vs_alignment(runs, layout, keys, out, tail),
+        plot_kernel_curves(runs, layout, out),  # lightning_mem.kernel_figures
     ]
     (out / "summary.md").write_text(summary_table(runs, layout, keys, tail))
     write_runs_csv(runs, layout, keys, out / "runs.csv", tail)

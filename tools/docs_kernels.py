@@ -1,8 +1,8 @@
 """The measured section of docs/kernels.md, rendered from committed run data.
 
-    python tools/docs_kernels.py collect --runs /tmp/runs      # <runs>/kernel_sigma -> docs/data/kernel_sigma/kernels.csv
-    python tools/docs_kernels.py render                        # kernels.csv -> the block of docs/kernels.md
-    python tools/docs_kernels.py check                         # exit 1 when the block differs from the data
+    python tools/docs_kernels.py collect --runs /tmp/runs  # <runs>/kernel_sigma -> docs/data/kernel_sigma/
+    python tools/docs_kernels.py render                    # kernels.csv -> the block of docs/kernels.md
+    python tools/docs_kernels.py check                     # exit 1 when the block differs from the data
 
 The block sits between ``<!-- kernels:begin -->`` and ``<!-- kernels:end -->``. ``kernels.csv`` holds one
 row per run and epoch with the run's activation, σ and seed and the logged values the section uses.
@@ -74,7 +74,8 @@ def render_block(df: pd.DataFrame) -> str:
     epochs = int(last["epoch"].max()) + 1
     lines = [BEGIN, "",
              f"Final epoch ({epochs} epochs) of `sweeps/kernels/{SWEEP}.yaml`, mean ± sd over "
-             f"{last['seed'].nunique()} seeds; kernel measures on the fixed probe of 256 held-out digits:", "",
+             f"{last['seed'].nunique()} seeds; kernel measures on the fixed probe of 256 held-out "
+             "digits:", "",
              "| φ | σ | final held-out acc | kernel–target align. | centred | Θ distance from init | "
              "‖W1−W1₀‖/‖W1₀‖ | pattern change | stiffness in / cross class |",
              "|---|---|---|---|---|---|---|---|---|"]
