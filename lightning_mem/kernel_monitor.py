@@ -252,13 +252,29 @@ class KernelMonitor(L.Callback):
         x, y = nk.cut(batch[0][: self.probe_size], batch[1][: self.probe_size])
         params = self._params()
         init = self._init_params(params)
-        with torch.no_grad() if nk.closed_form else torch.enable_grad():
+        if nk.closed_form:  # one x xᵀ and one x W1ᵀ per weights, shared by Θ and the patterns
+            theta, theta0, pattern = self._mlp_batch(params, init, x)
+        else:
             theta, theta0 = nk.ntk(params, x), nk.ntk(init, x)
-        pattern = patterns_changed(pre_activations(nk.net, init, x), pre_activations(nk.net, params, x))
+            pattern = patterns_changed(pre_activations(nk.net, init, x), pre_activations(nk.net, params, x))
         keys, values = probe_measures(theta, theta0, None, y, self._classes(y), [], pattern, None, False,
                                       prefix="train/")
         self._rows.log(trainer, [Row(trainer.global_step, trainer.current_epoch, keys, torch.stack(values))],
                        reduce=False)
+
+    @torch.no_grad()
+    def _mlp_batch(self, params: dict[str, Tensor], init: dict[str, Tensor],
+                   x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        assert self._kernels is not None and isinstance(self._kernels.net, ScaledMLP)
+        act, flat = self._kernels.net.act, x.flatten(1)
+        pre, xx = kernels.input_products(flat, params["hidden.weight"])
+        pre0 = kernels.input_products(flat, init["hidden.weight"], gram=False)[0]
+        assert xx is not None
+        theta = kernels.mlp_ntk_from_products(pre, xx, params["out.weight"], act)
+        theta0 = kernels.mlp_ntk_from_products(pre0, xx, init["out.weight"], act)
+        has_pattern = isinstance(act, PATTERN_MODULES)
+        pattern = kernels.pattern_change(pre0, pre, pattern_name(act)) if has_pattern else None
+        return theta, theta0, pattern
 
     # ------------------------------------------------------------------ held-out probe
 

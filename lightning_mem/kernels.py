@@ -48,13 +48,14 @@ def activation_derivative(act: Callable[[Tensor], Tensor], pre: Tensor) -> Tenso
     return jvp(act, (pre,), (torch.ones_like(pre),))[1]
 
 
-def _input_side(x: Tensor, w1: Tensor) -> tuple[Tensor, Tensor]:
-    """Pre-activations x W1ᵀ (B, h) and the input Gram x xᵀ (B, B), both fp64: the two products over
-    the input dimension d, the costly ones (B·d·h and B²·d), run in the inputs' precision (≥ IEEE fp32;
-    fp64 inputs stay fp64); everything after them runs in fp64."""
+def input_products(x: Tensor, w1: Tensor, gram: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Pre-activations x W1ᵀ (B, h) and the input Gram x xᵀ (B, B) (None without ``gram``), both fp64:
+    the two products over the input dimension d, the costly ones (B·d·h and B²·d), run in the inputs'
+    precision (≥ IEEE fp32; fp64 inputs stay fp64); everything after them runs in fp64."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     x, w1 = x.to(dtype), w1.to(dtype)
-    return (x @ w1.T).double(), (x @ x.T).double()
+    with ieee_fp32():
+        return (x @ w1.T).double(), (x @ x.T).double() if gram else None
 
 
 def mlp_ntk(
@@ -67,8 +68,18 @@ def mlp_ntk(
         per_output: Return Θ_cc′ as (B, k, B, k) instead of the sum over outputs (B, B).
     """
     with ieee_fp32():
-        pre, xx = _input_side(x, w1)
-        w2 = w2.double()
+        pre, xx = input_products(x, w1)
+        assert xx is not None
+        return mlp_ntk_from_products(pre, xx, w2, act, per_output)
+
+
+def mlp_ntk_from_products(
+    pre: Tensor, xx: Tensor, w2: Tensor, act: Callable[[Tensor], Tensor], per_output: bool = False
+) -> Tensor:
+    """:func:`mlp_ntk` from the pre-activations x W1ᵀ (B, h) and the input Gram x xᵀ (B, B)
+    (:func:`input_products`): two kernels of one batch (now and at init) share x xᵀ."""
+    with ieee_fp32():
+        pre, xx, w2 = pre.double(), xx.double(), w2.double()
         a = act(pre)  # (B, h) φ(W1 x)
         d = activation_derivative(act, pre)  # (B, h) φ′(W1 x)
         aa = a @ a.T  # (B, B) Gram of the features
@@ -91,7 +102,8 @@ def mlp_loss_gradient_gram(
     K = (A Aᵀ)∘(G Gᵀ) + (X Xᵀ)∘(Δ Δᵀ). The scale of g is that of the loss given (ℓ_i or ℓ_i / B).
     """
     with ieee_fp32():
-        pre, xx = _input_side(x, w1)
+        pre, xx = input_products(x, w1)
+        assert xx is not None
         w2, g = w2.double(), grad_logits.double()
         a, d = act(pre), activation_derivative(act, pre)
         delta = (g @ w2) * d  # (B, h)
