@@ -1,16 +1,20 @@
 """Every callback of the package, under one public path (configs name ``lightning_mem.callbacks.<Name>``).
 
 - :class:`AlignmentMonitor` (:mod:`lightning_mem.alignment.monitor`): per-class alignment while training.
+- :class:`KernelMonitor` (:mod:`lightning_mem.alignment.kernel_monitor`): kernel and laziness measures.
 - :class:`DivergenceGuard`, :class:`RunStatus` (:mod:`lightning_mem.training.guard`): stop on divergence;
   record how the run ended in ``status.json``.
 - :class:`CheckpointPublisher` (:mod:`lightning_mem.training.checkpoints`): checkpoints written atomically.
-- :class:`EnsembleAlignmentMonitor` (:mod:`lightning_mem.ensemble.monitor`), :class:`MemberCheckpoint`,
+- :class:`EnsembleAlignmentMonitor` (:mod:`lightning_mem.ensemble.monitor`), :class:`EnsembleKernelMonitor`,
+  :class:`MemberCheckpoint`,
   :class:`MemberStatus` (:mod:`lightning_mem.ensemble.train`): the same for every member of an ensemble.
 - :class:`ConfigToRun` (:mod:`lightning_mem.cli.fit`): the CLI's config saver that claims the run folder.
 """
 
+from lightning_mem.alignment.kernel_monitor import KernelMonitor
 from lightning_mem.alignment.monitor import AlignmentMonitor
 from lightning_mem.cli.fit import ConfigToRun
+from lightning_mem.ensemble.kernel_monitor import EnsembleKernelMonitor
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
 from lightning_mem.ensemble.train import MemberCheckpoint, MemberStatus
 from lightning_mem.training.checkpoints import CheckpointPublisher
@@ -22,6 +26,8 @@ __all__ = [
     "ConfigToRun",
     "DivergenceGuard",
     "EnsembleAlignmentMonitor",
+    "EnsembleKernelMonitor",
+    "KernelMonitor",
     "MemberCheckpoint",
     "MemberStatus",
     "RunStatus",

@@ -139,6 +139,30 @@ MUTATIONS = (
         ("tests/analysis/test_theorem1.py",),
         "the closed form against an independent formula and Monte Carlo",
     ),
+    Mutation(
+        "ntk-drop-w2-weighting",
+        "lightning_mem/kernels.py",
+        "weight = (w2 * w2).sum(0)  # (h,) Σ_c W2[c,h]²",
+        "weight = torch.ones_like(w2[0])  # (h,) Σ_c W2[c,h]²",
+        ("tests/alignment/test_kernels.py",),
+        "the closed-form NTK against Θ from jacrev Jacobians",
+    ),
+    Mutation(
+        "stiffness-keep-diagonal",
+        "lightning_mem/kernels.py",
+        "sums = y.T @ (cos * off) @ y  # (C, C)",
+        "sums = y.T @ cos @ y  # (C, C)",
+        ("tests/alignment/test_kernels.py",),
+        "the class stiffness matrix against cosines of explicit per-example gradients, i ≠ j",
+    ),
+    Mutation(
+        "kernel-theta0-for-theta",
+        "lightning_mem/kernel_monitor.py",
+        "theta = nk.ntk(params, x).detach()",
+        "theta = nk.ntk(init, x).detach()",
+        ("tests/alignment/test_kernel_monitor.py",),
+        "logged kernel measures against Θ of the trained weights from jacrev",
+    ),
 )
 
 

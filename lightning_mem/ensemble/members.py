@@ -32,6 +32,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_mem import _compat, rundir
+from lightning_mem.alignment.kernel_monitor import KernelMonitor
 from lightning_mem.alignment.monitor import AlignmentMonitor
 from lightning_mem.cli.fit import MemCLI
 from lightning_mem.cli.run import build_cli
@@ -50,6 +51,7 @@ from lightning_mem.training.module import MemorizationModule
 # identity: a subclass may add behaviour the per-member form would drop).
 ENSEMBLE_CALLBACKS: dict[type, str] = {
     AlignmentMonitor: "EnsembleAlignmentMonitor (per member)",
+    KernelMonitor: "EnsembleKernelMonitor (per member)",
     DivergenceGuard: "the ensemble's guard (per member, exact step)",
     RunStatus: "a status.json per member",
 }
@@ -207,6 +209,7 @@ class PackSettings:
     monitor: Any  # the configured AlignmentMonitor, or None
     checkpoints: bool
     tf32: bool
+    kernel_monitor: Any = None  # the configured KernelMonitor, or None
 
 
 def _unsupported(
@@ -270,7 +273,7 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
             raise PackError(f"trainer.{key}={trainer[key]!r}: an ensemble trains on one device in FP32 with "
                             f"one batch per step (allowed: {', '.join(map(repr, allowed))}); run one "
                             "ensemble per device instead (`sweep local --pack --gpus ...`)")
-    monitor = None
+    monitor = kernel_monitor = None
     callbacks = members[0].cli.config_init["fit"]["trainer"].get("callbacks") or []
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
         if type(callback) not in ENSEMBLE_CALLBACKS:
@@ -280,6 +283,8 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
                             f"takes {takes} only; run these with `lightning-mem fit`")
         if type(callback) is AlignmentMonitor:
             monitor = callback
+        if type(callback) is KernelMonitor:
+            kernel_monitor = callback
     loggers = trainer.get("logger")
     for entry in loggers if isinstance(loggers, list) else []:
         if _logger_class(entry) not in LOGGERS:
@@ -293,4 +298,4 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
         net={"width": net_args.get("width", 1024), "activation": net_args.get("activation", "sin")},
         loss={"loss": model["loss"], "loss_scale_with_init": model["loss_scale_with_init"]},
         data=ensemble_data, trainer=trainer, monitor=monitor, checkpoints=checkpoints,
-        tf32=bool(config["precision"]["tf32"]))
+        tf32=bool(config["precision"]["tf32"]), kernel_monitor=kernel_monitor)

@@ -129,6 +129,12 @@ class Pack:
         self.module, self.data, self.monitor = module, data, monitor
         self.ckpt, self.resume, self.riders, self.stack = ckpt, resume, riders, stack
 
+    def _kernel_monitor(self) -> list[L.Callback]:
+        from lightning_mem.ensemble.kernel_monitor import EnsembleKernelMonitor
+
+        configured = self.settings.kernel_monitor
+        return [] if configured is None else [EnsembleKernelMonitor.from_monitor(configured)]
+
     def fit(self, callbacks: Sequence[L.Callback] = ()) -> int:
         """Train; 0 if every member finished, 3 if one diverged, 143 on SIGTERM (see ``ensemble_cli``)."""
         wandb_runs: list[Any] = []
@@ -157,7 +163,8 @@ class Pack:
                     self.module, self.data, member_loggers=loggers, monitor=self.monitor,
                     checkpoint_dir=self.pack_dir / rundir.CHECKPOINTS if keep else None,
                     member_checkpoint_dirs=member_ckpts,
-                    ckpt_path=self.ckpt, callbacks=[status, *callbacks], default_root_dir=str(self.pack_dir),
+                    ckpt_path=self.ckpt, callbacks=[status, *self._kernel_monitor(), *callbacks],
+                    default_root_dir=str(self.pack_dir),
                     **self.settings.trainer)
             ok = True
         except SIGTERMException:

@@ -56,6 +56,7 @@ from lightning_mem.results.grouping import (
     run_numbers,
     short,
 )
+from lightning_mem.results.kernel_figures import plot_kernel_curves
 from lightning_mem.results.runs import Run, load_runs
 from lightning_mem.results.spread import (
     Comparison,
@@ -132,6 +133,7 @@ def render(
         plot_vs_sigma(runs, layout, keys, [("grad_over_weight", f"{keys.norm} (mean over training)")],
                   "‖∇W1‖ / ‖W1‖", out / "grad_norm_vs_sigma.png", logy=True, tail=tail),
         plot_acc_vs_alignment(runs, layout, keys, out, tail),
+        plot_kernel_curves(runs, layout, out),  # lightning_mem.results.kernel_figures
     ]
     spread = "\nSpread over seeds:\n\n" + spread_table(runs, layout, keys, tail)
     (out / "summary.md").write_text(summary_table(runs, layout, keys, tail) + spread)
