@@ -1,0 +1,61 @@
+import csv
+import json
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_mem.data import ImageClassificationData
+from lightning_mem.grokking import GrokkingMonitor, first_step, weight_norm
+from lightning_mem.module import MemorizationModule
+from lightning_mem.nets import ScaledMLP
+
+
+def test_weight_norm_and_first_step_by_hand() -> None:
+    net = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[3.0, 0.0]]))
+        net.bias.fill_(4.0)
+    assert weight_norm(net) == 5.0
+    assert first_step([(10, 0.5), (20, 0.99), (30, 1.0)], 0.99) == 20
+    assert first_step([(10, 0.5)], 0.99) is None
+
+
+def test_monitor_records_each_epoch_and_writes_the_summary(tmp_path) -> None:
+    """A real fit on digits: one train-accuracy point and one weight norm per epoch, at the epoch's last step,
+    equal to what the CSV logger recorded; the summary's steps follow from those points."""
+    L.seed_everything(0)
+    data = ImageClassificationData(dataset="digits", batch_size=479)  # 1,437 / 479: 3 steps an epoch
+    net = ScaledMLP(input_shape=data.input_shape, num_classes=10, width=64, activation="relu", depth=2,
+                    bias=True, init_rule="torch", init_scale=2.0)
+    module = MemorizationModule(net, loss="squared", lr=1e-2, optimizer="adamw", weight_decay=0.01)
+    monitor = GrokkingMonitor(train_threshold=0.8, val_threshold=0.75)
+    trainer = L.Trainer(max_epochs=8, logger=CSVLogger(tmp_path, name="g", version="v"), callbacks=[monitor],
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, log_every_n_steps=1)
+    trainer.fit(module, data)
+    assert [s for s, _ in monitor.train_acc] == [3 * e for e in range(1, 9)]
+    assert [s for s, _ in monitor.val_acc] == [3 * e for e in range(1, 9)]
+    assert monitor.norms[-1] == (24, pytest.approx(weight_norm(module.net)))
+    summary = json.loads((tmp_path / "g" / "v" / "grokking.json").read_text())
+    assert summary["fit_step"] == first_step(monitor.train_acc, 0.8) is not None
+    assert summary["val_step"] == first_step(monitor.val_acc, 0.75) is not None
+    assert summary["delay_steps"] == summary["val_step"] - summary["fit_step"]
+    rows = list(csv.DictReader((tmp_path / "g" / "v" / "metrics.csv").open()))
+    logged_acc = [float(r["train/acc"]) for r in rows if r.get("train/acc")]
+    assert logged_acc == pytest.approx([a for _, a in monitor.train_acc])
+    norms = [float(r["weight_norm"]) for r in rows if r.get("weight_norm")]
+    assert norms == pytest.approx([n for _, n in monitor.norms])
+    assert norms[-1] != norms[0]
+
+
+def test_plateau_step_without_a_threshold() -> None:
+    monitor = GrokkingMonitor(plateau_tol=0.01)
+    monitor.val_acc = [(1, 0.2), (2, 0.5), (3, 0.905), (4, 0.91), (5, 0.90)]
+    assert monitor.val_step() == 3
+
+
+def test_monitor_bad_input() -> None:
+    with pytest.raises(ValueError, match=r"train_threshold=1.5 must be a number in \[0, 1\]"):
+        GrokkingMonitor(train_threshold=1.5)
