@@ -59,3 +59,36 @@ def test_plateau_step_without_a_threshold() -> None:
 def test_monitor_bad_input() -> None:
     with pytest.raises(ValueError, match=r"train_threshold=1.5 must be a number in \[0, 1\]"):
         GrokkingMonitor(train_threshold=1.5)
+
+
+@pytest.mark.slow
+def test_adamw_deep_net_resumes_after_a_kill_byte_identical(tmp_path) -> None:
+    """AdamW on Omnigrok's kind of net (depth 2, biases, torch init times α) with the GrokkingMonitor: a fit
+    SIGKILLed mid-epoch 2 and resumed from ``last`` ends with metrics.csv byte-identical to an uninterrupted
+    run, the same weights and AdamW moments bit for bit, and the same grokking.json."""
+    from exitcodes import run_cli
+    from test_kill_resume import ARGS, STEPS, assert_killed_state, fit_killed, load_ckpt
+
+    extra = ["--model.optimizer", "adamw", "--model.lr", "0.003", "--model.weight_decay", "0.01",
+             "--model.loss", "squared", "--model.net.init_args.depth", "2", "--model.net.init_args.bias", "true",
+             "--model.net.init_args.init_rule", "torch", "--model.net.init_args.init_scale", "4",
+             "--model.net.init_args.activation", "relu",
+             "--trainer.callbacks+=lightning_mem.grokking.GrokkingMonitor"]
+    ref_root, root = tmp_path / "ref", tmp_path / "kill"
+    ref_root.mkdir(), root.mkdir()
+    assert run_cli(*ARGS, "--run.root", str(ref_root), "--run.id", "ref", *extra,
+                   "--trainer.callbacks+=killpoints.KillAt") == 0
+    killed = fit_killed(root, f"batch@{STEPS + 12}", "KILL", "k", *extra)
+    run_dir, ref = root / "quickstart" / "k", ref_root / "quickstart" / "ref"
+    assert_killed_state(killed, run_dir, "KILL", f"batch@{STEPS + 12}")
+    assert run_cli(*ARGS, "--run.root", str(root), "--run.id", "k", "--ckpt_path", "last", *extra) == 0
+    assert (run_dir / "metrics.csv").read_bytes() == (ref / "metrics.csv").read_bytes()
+    assert "weight_norm" in (ref / "metrics.csv").read_text().splitlines()[0]
+    want, got = load_ckpt(ref / "checkpoints" / "last.ckpt"), load_ckpt(run_dir / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(want["state_dict"][k], got["state_dict"][k]) for k in want["state_dict"])
+    (w_opt,), (g_opt,) = want["optimizer_states"], got["optimizer_states"]
+    assert w_opt["param_groups"][0]["betas"] == (0.9, 0.999) and len(w_opt["state"]) == 6
+    for i, state in w_opt["state"].items():
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[key], g_opt["state"][i][key])
+    assert (run_dir / "grokking.json").read_text() == (ref / "grokking.json").read_text()
