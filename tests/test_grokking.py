@@ -70,7 +70,8 @@ def test_adamw_deep_net_resumes_after_a_kill_byte_identical(tmp_path) -> None:
     from test_kill_resume import ARGS, STEPS, assert_killed_state, fit_killed, load_ckpt
 
     extra = ["--model.optimizer", "adamw", "--model.lr", "0.003", "--model.weight_decay", "0.01",
-             "--model.loss", "squared", "--model.net.init_args.depth", "2", "--model.net.init_args.bias", "true",
+             "--model.loss", "squared", "--model.net.init_args.depth", "2",
+             "--model.net.init_args.bias", "true",
              "--model.net.init_args.init_rule", "torch", "--model.net.init_args.init_scale", "4",
              "--model.net.init_args.activation", "relu",
              "--trainer.callbacks+=lightning_mem.grokking.GrokkingMonitor"]
