@@ -2,6 +2,7 @@
 
 - :class:`AlignmentMonitor` (:mod:`lightning_mem.alignment.monitor`): per-class alignment while training.
 - :class:`KernelMonitor` (:mod:`lightning_mem.alignment.kernel_monitor`): kernel and laziness measures.
+- :class:`GrokkingMonitor` (:mod:`lightning_mem.training.grokking`): when a run fits and when it generalizes.
 - :class:`DivergenceGuard`, :class:`RunStatus` (:mod:`lightning_mem.training.guard`): stop on divergence;
   record how the run ended in ``status.json``.
 - :class:`CheckpointPublisher` (:mod:`lightning_mem.training.checkpoints`): checkpoints written atomically.
@@ -18,6 +19,7 @@ from lightning_mem.ensemble.kernel_monitor import EnsembleKernelMonitor
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
 from lightning_mem.ensemble.train import MemberCheckpoint, MemberStatus
 from lightning_mem.training.checkpoints import CheckpointPublisher
+from lightning_mem.training.grokking import GrokkingMonitor
 from lightning_mem.training.guard import DivergenceGuard, RunStatus
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "DivergenceGuard",
     "EnsembleAlignmentMonitor",
     "EnsembleKernelMonitor",
+    "GrokkingMonitor",
     "KernelMonitor",
     "MemberCheckpoint",
     "MemberStatus",

@@ -141,7 +141,7 @@ PUBLIC = {
                                 "representation_alignment"],
     "lightning_mem.callbacks": ["AlignmentMonitor", "DivergenceGuard", "RunStatus", "CheckpointPublisher",
                                 "EnsembleAlignmentMonitor", "MemberCheckpoint", "MemberStatus",
-                                "KernelMonitor", "EnsembleKernelMonitor",
+                                "KernelMonitor", "EnsembleKernelMonitor", "GrokkingMonitor",
                                 "ConfigToRun"],
     "lightning_mem.loggers": ["RunCSVLogger", "RunWandbLogger"],
 }

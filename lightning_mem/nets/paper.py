@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lightning_mem.checks import check_choice
 
 Activation = Literal["sin", "relu", "sigmoid", "tanh", "linear", "gelu"]
+InitRule = Literal["glorot", "torch"]
 
 
 class Sin(nn.Module):
@@ -41,8 +42,20 @@ def check_init_std(init_std: float | None) -> None:
         raise ValueError(f"init_std={init_std!r} must be a positive finite number, or null for Glorot init")
 
 
+def check_depth_and_scale(depth: int, init_scale: float) -> None:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth={depth!r} must be an integer >= 1 (the number of hidden layers)")
+    if isinstance(init_scale, bool) or not (init_scale > 0 and math.isfinite(init_scale)):
+        raise ValueError(f"init_scale={init_scale!r} must be a positive finite number")
+
+
 class ScaledMLP(nn.Module):
-    """The paper's network z(x) = W2 · φ(W1 · x), no biases (Section 3).
+    """The paper's network z(x) = W2 · φ(W1 · x), no biases (Section 3), and its deeper kin.
+
+    The defaults (``depth=1``, ``bias=False``, ``init_scale=1``, ``init_rule="glorot"``) are the
+    paper's net, drawn bitwise as before. Omnigrok's grokking net (784→200→200→10 with biases,
+    torch's default init times α) is ``depth=2, width=200, bias=True, init_rule="torch",
+    init_scale=α``.
 
     Args:
         input_shape: Shape of one input image (C, H, W); it is flattened to d = C·H·W.
@@ -51,7 +64,14 @@ class ScaledMLP(nn.Module):
         width: Hidden width (1024 in the paper).
         activation: φ, one of sin, relu, sigmoid, tanh, linear, gelu.
         init_std: σ of W1 ~ N(0, σ²), the scale the paper studies. None gives Glorot-uniform
-            (the Keras default the paper used). W2 is always Glorot-uniform.
+            (the Keras default the paper used). Every other weight follows ``init_rule``.
+        depth: Number of hidden layers (1 in the paper): W1, then ``depth - 1`` width×width layers
+            in ``deep``, each after φ. The representation hooked as ``act`` is the last hidden one.
+        bias: Give every layer a bias (none in the paper).
+        init_scale: α multiplying every parameter after its init (Omnigrok's scale), W1 included
+            even when ``init_std`` sets it; 1 leaves the init as drawn.
+        init_rule: ``glorot``: Glorot-uniform weights, zero biases (Keras, the paper);
+            ``torch``: ``nn.Linear``'s own init (Kaiming-uniform weights, uniform biases; Omnigrok).
     """
 
     representation_layer = "act"
@@ -63,32 +83,56 @@ class ScaledMLP(nn.Module):
         width: int = 1024,
         activation: Activation = "sin",
         init_std: float | None = None,
+        depth: int = 1,
+        bias: bool = False,
+        init_scale: float = 1.0,
+        init_rule: InitRule = "glorot",
     ) -> None:
         super().__init__()
         check_choice("activation", activation, get_args(Activation))
+        check_choice("init_rule", init_rule, get_args(InitRule))
         check_init_std(init_std)
+        check_depth_and_scale(depth, init_scale)
         if width < 1 or num_classes < 2:
             raise ValueError(f"width={width} must be >= 1 and num_classes={num_classes} >= 2")
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = num_classes
         self.init_std = init_std
+        self.depth, self.bias, self.init_rule = depth, bool(bias), init_rule
+        self.init_scale = float(init_scale)
         d = math.prod(self.input_shape)
         self.flatten = nn.Flatten()
-        self.hidden = nn.Linear(d, width, bias=False)  # W1: (width, d)
+        self.hidden = nn.Linear(d, width, bias=self.bias)  # W1: (width, d)
+        layers: list[nn.Module] = []
+        for _ in range(depth - 1):
+            layers += [ACTIVATIONS[activation](), nn.Linear(width, width, bias=self.bias)]
+        self.deep = nn.Sequential(*layers)  # empty (the identity) at depth 1
         self.act = ACTIVATIONS[activation]()
-        self.out = nn.Linear(width, num_classes, bias=False)  # W2: (k, width)
+        self.out = nn.Linear(width, num_classes, bias=self.bias)  # W2: (k, width)
         self.reset_parameters()
+
+    def linears(self) -> list[nn.Linear]:
+        """The linear layers in order: W1, the ``deep`` ones, W2."""
+        return [self.hidden, *(m for m in self.deep if isinstance(m, nn.Linear)), self.out]
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        if self.init_std is None:
-            nn.init.xavier_uniform_(self.hidden.weight)
-        else:
-            nn.init.normal_(self.hidden.weight, mean=0.0, std=self.init_std)
-        nn.init.xavier_uniform_(self.out.weight)
+        # Draw order at the defaults is W1 then W2, as it always was: the same seed gives the same net.
+        for i, layer in enumerate(self.linears()):
+            if self.init_rule == "torch":
+                layer.reset_parameters()
+            elif not (i == 0 and self.init_std is not None):
+                nn.init.xavier_uniform_(layer.weight)
+            if self.init_rule == "glorot" and layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+            if i == 0 and self.init_std is not None:
+                nn.init.normal_(layer.weight, mean=0.0, std=self.init_std)
+        if self.init_scale != 1.0:
+            for p in self.parameters():
+                p.mul_(self.init_scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.act(self.hidden(self.flatten(x))))  # (B, k)
+        return self.out(self.act(self.deep(self.hidden(self.flatten(x)))))  # (B, k)
 
 
 class ConvNet(nn.Module):

@@ -13,6 +13,7 @@ from lightning_mem.rundir.layout import HP
 HP_KEYS = (
     "run_name", "net", "init_std", "width", "activation", "loss", "loss_scale", "loss_scale_with_init", "lr",
     "dataset", "label_noise", "label_noise_mode", "train_subset", "batch_size", "max_epochs", "seed",
+    "depth", "bias", "init_scale", "init_rule", "optimizer", "momentum", "weight_decay",
 )
 """The canonical hyperparameters every run carries, however it was launched: ``hp.json`` in the run
 folder and the ``hp`` block of its W&B config. Dashboards and reports group on these."""
@@ -54,6 +55,13 @@ def canonical_hp(config: Mapping[str, Any]) -> dict[str, Any]:
         "batch_size": _get(config, "data.batch_size"),
         "max_epochs": _get(config, "trainer.max_epochs"),
         "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        "depth": net_args.get("depth"),
+        "bias": net_args.get("bias"),
+        "init_scale": net_args.get("init_scale"),
+        "init_rule": net_args.get("init_rule"),
+        "optimizer": _get(config, "model.optimizer"),
+        "momentum": _get(config, "model.momentum"),
+        "weight_decay": _get(config, "model.weight_decay"),
     }
 
 

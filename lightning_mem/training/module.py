@@ -33,6 +33,7 @@ from lightning_mem.training.losses import LOSSES
 
 LossName = Literal["cross_entropy", "hinge", "squared"]
 FusedBackend = Literal["auto", "graph", "compile", "eager"]
+OptimizerName = Literal["sgd", "adam", "adamw"]
 
 
 class MaskedMean(Metric):
@@ -82,8 +83,11 @@ class MemorizationModule(L.LightningModule):
             remedy for 1-homogeneous nets: scaling W1 by c scales the logits by c, so the loss
             knob follows σ). Lets one sweep over σ alone; needs a net with a numeric ``init_std``.
         lr: SGD learning rate (0.01 in the paper).
-        momentum: SGD momentum (0 in the paper).
-        weight_decay: SGD weight decay (0 in the paper).
+        momentum: SGD momentum (0 in the paper); SGD only.
+        weight_decay: Weight decay (0 in the paper): L2 added to the gradient for ``sgd`` and ``adam``,
+            decoupled for ``adamw`` (Omnigrok: 0.01).
+        optimizer: ``sgd`` (the paper), ``adam`` or ``adamw``: torch's own ``SGD``, ``Adam``, ``AdamW``.
+        betas: Adam's (β1, β2); ``adam``/``adamw`` only.
         steps_per_call: SGD steps per Lightning step (1: the ordinary training step). Above 1 the fused
             step of :mod:`lightning_mem.training.fused` runs up to this many consecutive batches per
             Lightning step
@@ -107,9 +111,13 @@ class MemorizationModule(L.LightningModule):
         weight_decay: float = 0.0,
         steps_per_call: int = 1,
         fused_backend: FusedBackend = "auto",
+        optimizer: OptimizerName = "sgd",
+        betas: tuple[float, float] = (0.9, 0.999),
     ) -> None:
         super().__init__()
         check_choice("loss", loss, get_args(LossName))
+        check_choice("optimizer", optimizer, get_args(OptimizerName))
+        check_optimizer(optimizer, momentum, betas, steps_per_call)
         check_choice("fused_backend", fused_backend, get_args(FusedBackend))
         if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
             raise ValueError(f"steps_per_call={steps_per_call!r} must be an integer >= 1")
@@ -139,6 +147,7 @@ class MemorizationModule(L.LightningModule):
                 )
             self.loss_scale = loss_scale * float(init_std)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.optimizer_name, self.betas = optimizer, (float(betas[0]), float(betas[1]))
         # Accuracy is the mean of per-example correctness (micro accuracy); MeanMetric keeps the
         # running sums on the device, so logging them does not sync the host every step.
         self.train_loss, self.train_acc = _mean(), _mean()
@@ -308,6 +317,27 @@ class MemorizationModule(L.LightningModule):
         return {"loss": losses[-1], "step_losses": losses}
 
     def configure_optimizers(self) -> Any:
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=self.betas,
+                                    weight_decay=self.weight_decay)
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(self.net.parameters(), lr=self.lr, betas=self.betas,
+                                     weight_decay=self.weight_decay)
         return torch.optim.SGD(
             self.net.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
+
+
+def check_optimizer(optimizer: str, momentum: float, betas: Any, steps_per_call: int) -> None:
+    """Refuse the optimizer settings that do not go together, naming the values."""
+    if optimizer != "sgd" and momentum:
+        raise ValueError(f"momentum={momentum} is SGD's; optimizer={optimizer!r} has betas instead: set "
+                         "momentum 0 or optimizer sgd")
+    if optimizer != "sgd" and steps_per_call > 1:
+        raise ValueError(f"steps_per_call={steps_per_call} runs plain SGD only, not optimizer={optimizer!r} "
+                         "(the fused step captures SGD's update, not Adam's per-parameter moments): set "
+                         "steps_per_call 1 or optimizer sgd")
+    ok = isinstance(betas, (tuple, list)) and len(betas) == 2 and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas)
+    if not ok:
+        raise ValueError(f"betas={betas!r} must be two numbers in [0, 1)")

@@ -228,6 +228,10 @@ def test_a_crashed_ensemble_resumes_every_member_exactly(wild: Path, tmp_path: P
     (["--config", str(REPO / "configs/repro/convnet.yaml"), "--data.dataset", "mnist5k"],
      "model.net is lightning_mem.nets.ConvNet: an ensemble stacks lightning_mem.nets.ScaledMLP only"),
     (["--model.momentum", "0.9"], "model.momentum=0.9: the ensemble does not support it (only 0.0)"),
+    (["--model.optimizer", "adamw"], "model.optimizer='adamw': the ensemble does not support it (only"),
+    (["--model.net.init_args.depth", "2"], "model.net.init_args.depth=2: the ensemble does not support it"),
+    (["--model.net.init_args.bias", "true"], "model.net.init_args.bias=True: the ensemble does not support"),
+    (["--model.net.init_args.init_scale", "8"], "model.net.init_args.init_scale=8.0: the ensemble does not"),
     (["--trainer.accumulate_grad_batches", "2"], "trainer.accumulate_grad_batches=2: an ensemble trains on "
      "one device in FP32 with one batch per step"),
     (["--ckpt_path", "last"], "--ckpt_path last: no ensemble with a checkpoint under"),
@@ -235,7 +239,8 @@ def test_a_crashed_ensemble_resumes_every_member_exactly(wild: Path, tmp_path: P
      "seed_everything=3, model.lr="),
     (["--ensemble.lr", "0.05,5e-2"], "are the same run (model.net.init_args.init_std=0.1, seed_everything=0, "
      "model.lr=0.05, model.loss_scale=1.0, data.label_seed=None): give each value once"),
-], ids=["not-packable", "k-0", "empty-value", "convnet", "momentum", "accumulate", "nothing-to-resume",
+], ids=["not-packable", "k-0", "empty-value", "convnet", "momentum", "adamw", "depth", "bias", "init-scale",
+        "accumulate", "nothing-to-resume",
         "same-seed-twice", "same-lr-written-twice"])
 def test_bad_input_exits_2_and_writes_nothing(extra: list[str], message: str, tmp_path: Path,
                                               caplog: pytest.LogCaptureFixture) -> None:

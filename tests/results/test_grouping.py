@@ -40,11 +40,11 @@ def grid(tmp_path: Path) -> list[Any]:
 
 
 def test_grouping_prefers_the_canonical_keys(grid: list[Any]) -> None:
-    # data.data_dir differs too but is bookkeeping; momentum has no canonical key.
-    assert varied_keys(grid) == ["hp.init_std", "hp.activation", "hp.seed", "model.momentum"]
+    # data.data_dir differs too but is bookkeeping; momentum is canonical (hp.momentum) since issue 25.
+    assert varied_keys(grid) == ["hp.init_std", "hp.activation", "hp.seed", "hp.momentum"]
     layout = Layout.of(grid)
-    assert layout.group_keys == ["hp.init_std", "hp.activation", "model.momentum"]
-    assert (layout.sigma_key, layout.panel_keys) == ("hp.init_std", ["hp.activation", "model.momentum"])
+    assert layout.group_keys == ["hp.init_std", "hp.activation", "hp.momentum"]
+    assert (layout.sigma_key, layout.panel_keys) == ("hp.init_std", ["hp.activation", "hp.momentum"])
     groups = grouped(grid, layout.group)
     assert list(groups) == [(0.01, "relu", 0.9), (0.01, "sin", 0.0), (10.0, "relu", 0.9), (10.0, "sin", 0.0)]
     assert all(len(g) == 2 for g in groups.values())
@@ -67,7 +67,7 @@ def test_a_varied_net_class_is_one_canonical_key(tmp_path: Path) -> None:
     ("init_std", "hp.init_std"), ("hp.init_std", "hp.init_std"), ("model.net.init_std", "hp.init_std"),
     ("model.net.init_args.init_std", "hp.init_std"), ("seed_everything", "hp.seed"),
     ("activation", "hp.activation"),
-    ("momentum", "model.momentum"), ("model.momentum", "model.momentum"), ("run.name", "hp.run_name"),
+    ("momentum", "hp.momentum"), ("model.momentum", "hp.momentum"), ("run.name", "hp.run_name"),
 ])
 def test_group_by_spellings_resolve_to_one_key(grid: list[Any], spelling: str, key: str) -> None:
     assert resolve_key(grid, spelling) == key

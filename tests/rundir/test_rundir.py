@@ -215,8 +215,10 @@ def test_canonical_hp_from_a_saved_config(tmp_path: Path) -> None:
         "run": {"name": "q", "root": "runs", "id": "x"},
         "trainer": {"max_epochs": 7},
         "model": {"net": {"class_path": "lightning_mem.nets.ScaledMLP",
-                          "init_args": {"width": 64, "activation": "relu", "init_std": 10.0}},
-                  "loss": "hinge", "loss_scale": 2.0, "loss_scale_with_init": False, "lr": 0.05},
+                          "init_args": {"width": 64, "activation": "relu", "init_std": 10.0, "depth": 2,
+                                        "bias": True, "init_scale": 8.0, "init_rule": "torch"}},
+                  "loss": "hinge", "loss_scale": 2.0, "loss_scale_with_init": False, "lr": 0.05,
+                  "optimizer": "adamw", "weight_decay": 0.01},
         "data": {"dataset": "digits", "label_noise": 0.5, "label_noise_mode": "shuffle", "train_subset": None,
                  "batch_size": 64},
     }
@@ -225,7 +227,9 @@ def test_canonical_hp_from_a_saved_config(tmp_path: Path) -> None:
     assert hp == {"run_name": "q", "net": "ScaledMLP", "init_std": 10.0, "width": 64, "activation": "relu",
                   "loss": "hinge", "loss_scale": 2.0, "loss_scale_with_init": False, "lr": 0.05,
                   "dataset": "digits", "label_noise": 0.5, "label_noise_mode": "shuffle",
-                  "train_subset": None, "batch_size": 64, "max_epochs": 7, "seed": 3}
+                  "train_subset": None, "batch_size": 64, "max_epochs": 7, "seed": 3,
+                  "depth": 2, "bias": True, "init_scale": 8.0, "init_rule": "torch", "optimizer": "adamw",
+                  "momentum": None, "weight_decay": 0.01}
     rundir.write_hp(tmp_path, hp)
     assert rundir.read_hp(tmp_path) == hp
     assert rundir.canonical_hp({"seed_everything": True})["seed"] is None

@@ -147,3 +147,48 @@ def test_steps_per_call_selects_the_optimization() -> None:
     fused = MemorizationModule(net, steps_per_call=8)
     assert not fused.automatic_optimization and callable(fused.train_block_plan)
     assert fused.hparams["steps_per_call"] == 8 and fused.hparams["fused_backend"] == "auto"
+
+
+@pytest.mark.parametrize(("optimizer", "extra"), [
+    ("adamw", {"weight_decay": 0.01, "betas": (0.8, 0.99)}),
+    ("adam", {"weight_decay": 0.001}),
+    ("sgd", {"momentum": 0.9, "weight_decay": 0.01}),
+])
+def test_optimizers_step_like_torch_on_the_net_alone(optimizer: str, extra: dict) -> None:
+    """Five full-batch steps under the real Trainer equal five steps of torch's optimizer on a copy of the net
+    (MSE on one-hot targets: Omnigrok's loss)."""
+    L.seed_everything(0)
+    data = ImageClassificationData(dataset="digits", batch_size=1437)  # all of train: a step an epoch
+    net = ScaledMLP(input_shape=data.input_shape, num_classes=data.num_classes, width=32, activation="relu",
+                    depth=2, bias=True, init_rule="torch", init_scale=2.0)
+    ref, init = copy.deepcopy(net), copy.deepcopy(net)
+    module = MemorizationModule(net, loss="squared", lr=1e-3,
+                                optimizer=optimizer, **extra)  # type: ignore[arg-type]
+    L.Trainer(max_epochs=5, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+              enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0).fit(module, data)
+    opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer](
+        ref.parameters(), lr=1e-3, **extra)
+    x, y = data.train_x, data.train_y
+    assert len(y) == 1437
+    for _ in range(5):
+        opt.zero_grad()
+        target = torch.nn.functional.one_hot(y, 10).float()
+        torch.nn.functional.mse_loss(ref(x), target).backward()
+        opt.step()
+    gap = max((a - b).abs().max().item() for a, b in zip(net.parameters(), ref.parameters(), strict=True))
+    moved = max((a - b).abs().max().item() for a, b in zip(net.parameters(), init.parameters(), strict=True))
+    assert gap < 1e-6 and moved > 1e-4
+    names = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+    assert type(module.optimizers().optimizer).__name__ == names[optimizer]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"optimizer": "lamb"}, r"optimizer='lamb' is not supported; allowed: sgd, adam, adamw"),
+    ({"optimizer": "adamw", "momentum": 0.9}, r"momentum=0.9 is SGD's; optimizer='adamw' has betas instead"),
+    ({"optimizer": "adam", "steps_per_call": 4},
+     r"steps_per_call=4 runs plain SGD only, not optimizer='adam' \(the fused step captures SGD's update"),
+    ({"optimizer": "adam", "betas": (0.9, 1.0)}, r"betas=\(0.9, 1.0\) must be two numbers in \[0, 1\)"),
+])
+def test_optimizer_bad_input(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MemorizationModule(ScaledMLP(input_shape=(1, 8, 8), width=8), **kwargs)
