@@ -38,7 +38,7 @@ import numpy as np
 
 from lightning_mem import metric_keys, rundir
 from lightning_mem.checks import path_arg
-from lightning_mem.results.grouping import COLUMNS, Keys, Layout, run_numbers, short, varied_keys
+from lightning_mem.results.grouping import COLUMNS, Keys, Layout, factor_keys, run_numbers, short
 from lightning_mem.results.runs import Run, load_runs
 from lightning_mem.rundir import RunDirError
 
@@ -47,7 +47,12 @@ log = logging.getLogger(__name__)
 MAX_POINTS = 1500  # per trace, as W&B's line plots
 FILTER_KEYS = ("hp.dataset", "hp.activation", "hp.loss")
 SIGMA_KEY = "hp.init_std"
+FACET_KEYS = ("hp.activation", "hp.loss", "hp.dataset", "hp.net")  # small multiples by one of these
 CURVES = {"train": metric_keys.TRAIN_ACC, "val": metric_keys.VAL_ACC}  # name in the page -> metric key
+# Drawn when logged: the memorization of noisy labels (label noise) and the losses.
+EXTRA_CURVES = {"clean": metric_keys.TRAIN_ACC_CLEAN, "noisy": metric_keys.TRAIN_ACC_NOISY,
+                "train_loss": metric_keys.TRAIN_LOSS, "val_loss": metric_keys.VAL_LOSS}
+PICK_POINTS = 300  # per trace of a key chosen in the metric picker (every logged key is embedded)
 PLOTLY_MARK, DATA_MARK = "/*PLOTLY_JS*/", "/*DATA_JSON*/"
 
 
@@ -75,12 +80,26 @@ def _jsonable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def run_entry(run: Run, keys: Keys, shown: Sequence[str], stride: int, tail: int) -> dict[str, Any]:
-    """One run as the page's JSON: name, status, key values, final numbers and decimated curves."""
+def picker_keys(runs: Sequence[Run]) -> list[str]:
+    """Every logged metric key (all runs), for the page's metric picker; ``epoch`` excluded."""
+    return sorted({k for r in runs for k in r.metrics if k not in ("epoch", "step")})
+
+
+def run_entry(run: Run, keys: Keys, shown: Sequence[str], stride: int, tail: int,
+              picks: Sequence[str] = (), pick_stride: int = 1) -> dict[str, Any]:
+    """One run as the page's JSON: name, status, key values, final numbers and decimated curves
+    (``p:<key>`` for every key of the metric picker, on a coarser grid)."""
     own = keys.resolve(run)
-    metric = {**CURVES, "grad": own.grad, "logits": metric_keys.GRAD_LOGITS, "rep": own.rep,
+    metric = {**CURVES, **EXTRA_CURVES, "grad": own.grad, "logits": metric_keys.GRAD_LOGITS, "rep": own.rep,
               "val_rep": own.val_rep}
     curves = {name: epoch_curve(run, key) for name, key in metric.items()}
+    picked = {}
+    for key in picks:
+        c = epoch_curve(run, key)
+        last = max(c, default=0)
+        px = [x for x in c if x % pick_stride == 0 or x == last]
+        if px:
+            picked[key] = [px, [_num(c[x]) for x in px]]
     every = sorted({x for c in curves.values() for x in c})
     xs = [x for x in every if x % stride == 0 or x == every[-1]]
     name = run.hp.get("run_name")
@@ -94,7 +113,9 @@ def run_entry(run: Run, keys: Keys, shown: Sequence[str], stride: int, tail: int
         "values": {k: _jsonable(run.get(k)) for k in shown},
         "numbers": {k: _num(v) for k, v in run_numbers(run, keys, tail).items()},
         "x": xs,
-        "y": {name: [_num(c.get(x, math.nan)) for x in xs] for name, c in curves.items()},
+        "y": {name: [_num(c.get(x, math.nan)) for x in xs] for name, c in curves.items()
+              if c or name not in EXTRA_CURVES},  # the extra curves only where logged
+        "p": picked,  # metric picker: key -> [x, y]
     }
 
 
@@ -102,8 +123,10 @@ def payload(runs: Sequence[Run], group_by: Sequence[str] | None, title: str, tai
     """Everything the page draws, as JSON-ready data (see the module docstring)."""
     keys = Keys.of(runs)
     layout = Layout.of(runs, group_by)
-    groupable = list(dict.fromkeys([*varied_keys(runs), "hp.seed", *layout.group_keys]))
+    # The factors (the one grouping rule), the seed and what --group-by asked for; a filter on each.
+    groupable = list(dict.fromkeys([*factor_keys(runs), "hp.seed", *layout.group_keys]))
     shown = list(dict.fromkeys([*groupable, *FILTER_KEYS, SIGMA_KEY]))
+    picks = picker_keys(runs)
     longest = max((int(np.nanmax(r.epochs(k))) + 1 for r in runs for k in CURVES.values()
                    if r.epochs(k).size and np.isfinite(r.epochs(k)).any()), default=1)
     stride = max(1, math.ceil(longest / MAX_POINTS))
@@ -117,11 +140,15 @@ def payload(runs: Sequence[Run], group_by: Sequence[str] | None, title: str, tai
         "keys": [{"key": k, "label": short(k)} for k in shown],
         "groupable": groupable,
         "group_by": layout.group_keys,
-        "filters": FILTER_KEYS,
+        "filters": [k for k in shown if len({json.dumps(r.get(k), default=str) for r in runs}) > 1],
+        "facet_candidates": [k for k in FACET_KEYS if k in groupable],
+        "extra": {name: key for name, key in EXTRA_CURVES.items() if any(key in r.metrics for r in runs)},
+        "picks": picks,
         "columns": COLUMNS,
         "stride": stride,
         "tail": tail,
-        "runs": [run_entry(r, keys, shown, stride, tail) for r in runs],
+        "runs": [run_entry(r, keys, shown, stride, tail, picks, max(1, math.ceil(longest / PICK_POINTS)))
+                 for r in runs],
     }
 
 
@@ -174,8 +201,10 @@ def check_out(out: Path) -> None:
 
 
 def write_html(inputs: Sequence[str | Path], out: Path, group_by: Sequence[str] | None = None,
-               title: str | None = None, tail: int = 5) -> dict[str, Any]:
-    """Load every run under ``inputs`` (all statuses) and write the dashboard to ``out`` (atomically)."""
+               title: str | None = None, tail: int = 5, watch: float | None = None) -> dict[str, Any]:
+    """Load every run under ``inputs`` (all statuses) and write the dashboard to ``out`` (atomically:
+    a page open in a browser never reads half a file). ``watch``: the page reloads itself every that
+    many seconds, keeping its controls."""
     check_out(out)
     if tail < 1:
         raise ValueError(f"--tail {tail}: must be an integer >= 1 (the last N values averaged)")
@@ -183,6 +212,7 @@ def write_html(inputs: Sequence[str | Path], out: Path, group_by: Sequence[str] 
     if not runs:
         raise ValueError(f"no runs (folders with a metrics.csv) under {', '.join(map(str, inputs))}")
     data = payload(runs, group_by, title or f"lightning-mem: {len(runs)} runs", tail)
+    data["watch"] = watch
     rundir.atomic_write_text(out, render_html(data))
     return data
 
@@ -204,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                       "regroup.")
     html.add_argument("--title", default=None, help="Page title (default: the number of runs).")
     html.add_argument("--tail", type=int, default=5, help="Final alignment: mean of the last N values.")
+    html.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+                      help="Rewrite the file (atomically) every SECONDS while runs write, until Ctrl-C; the "
+                      "open page reloads itself as often and keeps its grouping, filters and axes.")
     from lightning_mem.results import workspace
 
     workspace.add_arguments(sub.add_parser(
@@ -214,12 +247,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         workspace.run(args, parser)
         return
     group_by = [k for item in args.group_by or [] for k in item.split(",") if k] or None
-    try:
-        data = write_html(args.inputs, args.out, group_by, args.title, args.tail)
-    except (OSError, RunDirError, ValueError) as err:
-        parser.error(str(err))
-    size = args.out.stat().st_size
-    sys.stdout.write(f"{args.out}: {len(data['runs'])} runs, {size / 1e6:.1f} MB\n")
+    if args.watch is not None and not (math.isfinite(args.watch) and args.watch > 0):
+        parser.error(f"--watch {args.watch:g}: must be a number of seconds > 0")
+    while True:
+        try:
+            data = write_html(args.inputs, args.out, group_by, args.title, args.tail, args.watch)
+        except (OSError, RunDirError, ValueError) as err:
+            parser.error(str(err))
+        size = args.out.stat().st_size
+        sys.stdout.write(f"{args.out}: {len(data['runs'])} runs, {size / 1e6:.1f} MB\n")
+        if args.watch is None:
+            return
+        sys.stdout.flush()
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return
 
 
 if __name__ == "__main__":

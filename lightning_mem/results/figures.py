@@ -74,6 +74,17 @@ def _color(i: int, n: int) -> Any:
     return _plt().get_cmap("viridis")(i / max(n - 1, 1) * 0.9)
 
 
+def _sigma_color(layout: Layout, runs: Sequence[Run], run: Run, i: int, n: int) -> Any:
+    """σ on one logarithmic viridis scale over all ``runs`` (the dashboard's); else by index."""
+    s = layout.sigma(run)
+    sigmas = [v for r in runs if (v := layout.sigma(r)) is not None and v > 0]
+    if s is None or s <= 0 or not sigmas:
+        return _color(i, n)
+    lo, hi = math.log10(min(sigmas)), math.log10(max(sigmas))
+    t = (math.log10(s) - lo) / (hi - lo) if hi > lo else 0.5
+    return _plt().get_cmap("viridis")(t * 0.9)
+
+
 def _line_label(layout: Layout, run: Run) -> str:
     s = layout.sigma(run)
     return f"σ={s:g}" if s is not None else label(layout.panel_keys, layout.panel(run))
@@ -88,6 +99,16 @@ def _mean_curve(runs: Sequence[Run], key: str, x: str) -> tuple[np.ndarray, np.n
     common = sorted(set.intersection(*(set(s) for s in series))) if series else []
     ys = np.array([[s[c] for c in common] for s in series], dtype=np.float64).reshape(len(series), -1)
     return np.array(common), ys.mean(0), ys.std(0)
+
+
+def _epoch_mean_curve(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over runs of each run's epoch mean of ``key`` against epoch + 1, as the dashboard draws it
+    (training-batch alignment is logged several times an epoch), on the epochs all runs share."""
+    from lightning_mem.results.dashboard import epoch_curve
+
+    curves = [epoch_curve(r, key) for r in runs]
+    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return np.array(common), np.array([np.mean([c[x] for c in curves]) for x in common])
 
 
 def _panels(runs: Sequence[Run], layout: Layout) -> dict[tuple[Any, ...], list[Run]]:
@@ -109,7 +130,7 @@ def plot_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
     for ax, (pvals, members) in zip(axes, panels.items(), strict=True):
         lines = _lines(members, layout)
         for i, group in enumerate(lines.values()):
-            c = _color(i, len(lines))
+            c = _sigma_color(layout, runs, group[0], i, len(lines))
             name = _line_label(layout, group[0])
             for key, style, what in ((metric_keys.VAL_ACC, "-", "held-out"),
                                      (metric_keys.TRAIN_ACC, "--", "train")):
@@ -180,12 +201,13 @@ def plot_alignment_curves(runs: Sequence[Run], layout: Layout, keys: Keys, out: 
         for col, key in enumerate(metrics):
             ax = axes[row][col]
             for i, group in enumerate(lines.values()):
-                x, m, _ = _mean_curve(group, key, "step")
+                x, m = _epoch_mean_curve(group, key)
                 if x.size:
-                    ax.plot(x, m, color=_color(i, len(lines)), label=_line_label(layout, group[0]))
+                    ax.plot(x, m, color=_sigma_color(layout, runs, group[0], i, len(lines)),
+                            label=_line_label(layout, group[0]))
             where = label(layout.panel_keys, pvals) if layout.sigma_key else ""
             ax.set_title(f"{key}\n{where}".strip(), fontsize=8)
-            ax.set_xlabel("step")
+            ax.set_xlabel("epoch")
             ax.set_ylabel("in-class alignment Ω")
             ax.grid(alpha=0.3)
             _legend(ax, fontsize=6)

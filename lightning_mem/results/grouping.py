@@ -31,6 +31,14 @@ IGNORED_PREFIXES = (
     "config", "run.id", "run.root", "ckpt_path", "data.seed", "data.data_dir", "trainer.logger",
     "trainer.callbacks", "trainer.default_root_dir", "data.download",
 )
+# The canonical keys that are experimental factors. Not run_name, max_epochs (settings) nor the seed
+# (what a group averages over).
+NOT_FACTORS = ("run_name", "max_epochs", "seed")  # a name, a setting, and what a group averages over
+FACTOR_HP = tuple(k for k in HP_KEYS if k not in NOT_FACTORS)  # the canonical keys that are factors
+# Swept config keys that are settings, never factors: trainer/logging/progress options, paths, names.
+SETTING_PREFIXES = ("trainer", "run", "ckpt_path", "config", "data.data_dir", "data.download",
+                    "data.num_workers", "data.pin_memory", "data.seed", "seed_everything")
+SETTING_SUFFIXES = ("_dir", "_path", "_root", "logger", "callbacks", "verbose", "progress_bar")
 # Config keys named otherwise than their canonical key.
 ALIASES = {"seed_everything": "seed", "run.name": "run_name", "model.net.class_path": "net"}
 
@@ -74,6 +82,21 @@ def varied_keys(runs: Sequence[Run]) -> list[str]:
     return hp + [k for k in swept_keys(runs) if canonical_key(runs, k) is None]
 
 
+def is_setting(key: str) -> bool:
+    """A config key that is a setting (trainer, run, paths, logging, progress), never a factor."""
+    return (any(key == p or key.startswith(p + ".") for p in SETTING_PREFIXES)
+            or key.endswith(SETTING_SUFFIXES))
+
+
+def factor_keys(runs: Sequence[Run]) -> list[str]:
+    """The one grouping rule of report, dashboard html and dashboard wandb: the experimental factors
+    that vary. Canonical ``hp.<key>`` of :data:`FACTOR_HP` in that order, then swept config keys that
+    no canonical key covers and that are not settings (:func:`is_setting`). Never the run name, the
+    trainer's options or paths; the seed is what a group averages over."""
+    hp = [f"hp.{k}" for k in FACTOR_HP if _varies(runs, f"hp.{k}")]
+    return hp + [k for k in swept_keys(runs) if canonical_key(runs, k) is None and not is_setting(k)]
+
+
 def short(key: str) -> str:
     """``hp.activation`` or ``model.net.init_args.activation`` -> ``activation``; σ; ``seed``."""
     if key in ("seed_everything", "hp.seed"):
@@ -108,10 +131,7 @@ class Layout:
 
     @classmethod
     def of(cls, runs: Sequence[Run], group_by: Sequence[str] | None = None) -> Layout:
-        if group_by:
-            group_keys = [resolve_key(runs, k) for k in group_by]
-        else:
-            group_keys = [k for k in varied_keys(runs) if k not in SEED_KEYS]
+        group_keys = [resolve_key(runs, k) for k in group_by] if group_by else factor_keys(runs)
         sigma = next((k for k in group_keys if k.endswith(SIGMA_SUFFIX)), None)
         return cls(group_keys, sigma, [k for k in group_keys if k != sigma])
 

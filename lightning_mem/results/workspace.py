@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lightning_mem import _compat, metric_keys
-from lightning_mem.results.grouping import REP_NAMES, W1_NAMES, Keys
+from lightning_mem.results.grouping import FACTOR_HP, REP_NAMES, W1_NAMES, Keys
 from lightning_mem.rundir import HP_KEYS
+
+log = logging.getLogger(__name__)
 
 # The summary each scatter reads where the CLI declares several (loggers.SUMMARIES: val/acc max and
 # last, a dict in W&B); every other metric is declared "last" only, which W&B keeps as a plain value.
@@ -143,6 +146,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"the seed; with --print: {' '.join(DEFAULT_GROUP)}). Allowed: {', '.join(HP_KEYS)}.")
     p.add_argument("--print", action="store_true", dest="print_spec",
                    help="Write the workspace spec as JSON to stdout; no server is contacted.")
+    p.add_argument("runs", nargs="*", default=[], metavar="RUNS",
+                   help="With --print: local run folders, folders of runs or manifest.json files (their "
+                   "offline W&B runs log the same keys); panels and groups come from the keys they hold.")
 
 
 def _server_runs(entity: str, project: str, sweep: str | None, group: str | None) -> list[Any]:
@@ -153,10 +159,20 @@ def _server_runs(entity: str, project: str, sweep: str | None, group: str | None
     return list(api.runs(f"{entity}/{project}", filters=filters))
 
 
-def _varied(runs: Sequence[Any]) -> list[str]:
-    hps = [dict(r.config.get("hp") or {}) for r in runs]
-    return [k for k in HP_KEYS if k != "seed"
-            and len({json.dumps(h.get(k), sort_keys=True, default=str) for h in hps}) > 1]
+def _varied(hps: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The factors (:data:`runsets.FACTOR_HP`) that differ across runs' ``hp`` blocks: the one
+    grouping rule of report and dashboard html, never the run name, max_epochs or the seed."""
+    return [k for k in FACTOR_HP if len({json.dumps(h.get(k), sort_keys=True, default=str) for h in hps}) > 1]
+
+
+def _local(paths: Sequence[str]) -> tuple[list[dict[str, Any]], set[str]]:
+    """The ``hp`` blocks and the logged metric keys of the local runs under ``paths``."""
+    from lightning_mem.results.runs import load_runs
+
+    runs = load_runs(paths, statuses=None)
+    if not runs:
+        raise ValueError(f"no runs (folders with a metrics.csv) under {', '.join(map(str, paths))}")
+    return [dict(r.hp) for r in runs], {k for r in runs for k in r.metrics}
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -166,8 +182,23 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         group_by = check_group_by([k for item in args.group_by or [] for k in item.split(",") if k])
     except ValueError as err:
         parser.error(str(err))
+    if args.runs and not args.print_spec:
+        parser.error(f"RUNS ({' '.join(args.runs)}): local runs are read with --print only")
     if args.print_spec:
-        ws = build(args.entity, args.project, name, group_by or list(DEFAULT_GROUP), args.sweep, args.group)
+        keys: set[str] | None = None
+        if args.runs:
+            try:
+                hps, keys = _local(args.runs)
+            except (OSError, ValueError) as err:
+                parser.error(str(err))
+            group_by = group_by or _varied(hps) or list(DEFAULT_GROUP)
+        else:
+            log.warning("dashboard wandb --print: no local runs given; assumed the keys %s and grouping %s "
+                        "(give run folders to choose from the keys they logged)",
+                        ", ".join(k for v in metric_names(None).values() for k in v),
+                        " ".join(group_by or DEFAULT_GROUP))
+        ws = build(args.entity, args.project, name, group_by or list(DEFAULT_GROUP), args.sweep, args.group,
+                   keys)
         sys.stdout.write(json.dumps(spec(ws), indent=1) + "\n")
         return
     import requests
@@ -183,7 +214,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error(f"no W&B runs in {args.entity}/{args.project}{which}")
     keys = {k for r in runs for k in r.summary.keys()}  # noqa: SIM118 (a W&B summary object)
     summaries = [dict(r.summary) for r in runs]
-    ws = build(args.entity, args.project, name, group_by or _varied(runs) or list(DEFAULT_GROUP),
+    hps = [dict(r.config.get("hp") or {}) for r in runs]
+    ws = build(args.entity, args.project, name, group_by or _varied(hps) or list(DEFAULT_GROUP),
                args.sweep, args.group, keys, summaries)
     try:
         ws.save()

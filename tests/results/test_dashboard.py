@@ -73,7 +73,10 @@ def test_payload_curves_numbers_and_statuses(sweep: Path) -> None:
     div = by_name["div"]
     assert div["reason"] == "the training loss is nan" and div["y"]["val"] == [0.25]
     assert all(v is None for v in div["numbers"].values())  # a diverged run has no final numbers
-    assert by_name["fail"]["x"] == [] and by_name["live"]["x"] == [1]
+    assert by_name["fail"]["x"] == [1] and by_name["live"]["x"] == [1]
+    assert by_name["fail"]["y"]["train_loss"] == [2.0] and "noisy" not in by_name["fail"]["y"]  # loss panel
+    assert by_name["fail"]["p"]["train/loss"] == [[1], [2.0]]  # every logged key is in the metric picker
+    assert data["picks"][:3] == ["align/grad/hidden.weight", "align/grad/logits", "align/rep/act"]
 
 
 def test_long_runs_are_decimated_on_one_shared_grid(tmp_path: Path) -> None:

@@ -95,8 +95,8 @@ def test_every_panel_is_drawn_in_headless_chromium(page: Path, tmp_path: Path) -
         # 2 groups (σ) of 2 seeds: a ±std band and a mean line for train and for held-out accuracy.
         assert [len(drawn[p]) for p in PANELS] == [8, 2, 4, 4, 4, 4, 2, 1], drawn
         assert [n for n in drawn["curves"] if n] == [
-            "σ=0.01 held-out", "σ=0.01 train", "σ=10 held-out", "σ=10 train"]
-        assert drawn["acc-sigma"] == ["best held-out", "final train"]
+            "σ=0.01", "σ=0.01 train", "σ=10", "σ=10 train"]  # held-out solid, train dashed
+        assert drawn["acc-sigma"] == ["held-out", "train"]
         assert tab.locator("#runs tbody tr").count() == 4
         assert tab.locator("#runs tbody td.st-finished").count() == 4
         shot = tmp_path / "dashboard.png"
@@ -106,7 +106,7 @@ def test_every_panel_is_drawn_in_headless_chromium(page: Path, tmp_path: Path) -
         tab.wait_for_function("window.dashboard.renders >= 2")
         regrouped = traces(tab)
         assert [len(regrouped[p]) for p in PANELS] == [8, 4, 4, 4, 4, 4, 4, 2], regrouped
-        assert "σ=10, seed=1 held-out" in regrouped["curves"]
+        assert "σ=10, seed=1" in regrouped["curves"]
         # Sorting the table by best held-out accuracy puts a σ=0.01 run first.
         tab.click("#runs th[data-col='n:val_acc_best']")
         tab.click("#runs th[data-col='n:val_acc_best']")  # descending

@@ -14,8 +14,10 @@ import pytest
 from lightning_mem.results.grouping import (
     Keys,
     Layout,
+    factor_keys,
     fmt_mean_std,
     grouped,
+    is_setting,
     label,
     mean_std,
     resolve_key,
@@ -61,6 +63,28 @@ def test_a_varied_net_class_is_one_canonical_key(tmp_path: Path) -> None:
     runs = load_runs([tmp_path])
     assert varied_keys(runs) == ["hp.net"]
     assert Layout.of(runs).group_keys == ["hp.net"]
+
+
+def test_default_groups_are_only_the_factors_that_vary(tmp_path: Path) -> None:
+    # Run name, epochs and the progress bar vary too (three studies in one folder), as do seeds:
+    # none of them is a factor. Issue 19's 84-run study grouped on all of them (27 groups).
+    rows = epoch_rows([0.5], [0.6])
+    for i, (sigma, act, seed) in enumerate([(0.01, "sin", 0), (0.01, "sin", 1), (10.0, "relu", 0),
+                                            (10.0, "relu", 1), (0.01, "relu", 2)]):
+        cfg = config(sigma, seed, act, name=f"study{i % 2}")
+        cfg["trainer"] = {"max_epochs": 3 + i % 2, "enable_progress_bar": bool(i % 2)}
+        cfg["model"]["weight_decay"] = 0.0 if i < 4 else 0.1  # a factor without a canonical key
+        write_run(tmp_path, f"r{i}", rows, cfg)
+    runs = load_runs([tmp_path])
+    assert "hp.run_name" in varied_keys(runs) and "trainer.enable_progress_bar" in varied_keys(runs)
+    assert factor_keys(runs) == ["hp.init_std", "hp.activation", "hp.weight_decay"]
+    assert Layout.of(runs).group_keys == factor_keys(runs)
+    groups = grouped(runs, Layout.of(runs).group)
+    assert {k: len(g) for k, g in groups.items()} == {  # seeds averaged: two runs in each full group
+        (0.01, "relu", 0.1): 1, (0.01, "sin", 0.0): 2, (10.0, "relu", 0.0): 2}
+    assert Layout.of(runs, ["run_name"]).group_keys == ["hp.run_name"]  # asked for, it still groups
+    assert [k for k in ("trainer.max_epochs", "run.name", "data.data_dir", "model.lr", "data.label_noise")
+            if is_setting(k)] == ["trainer.max_epochs", "run.name", "data.data_dir"]
 
 
 @pytest.mark.parametrize(("spelling", "key"), [
