@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_mem import rundir
+from lightning_mem.errors import EXIT_DIVERGED, EXIT_OK, EXIT_SIGTERM
 
-# The exit code a fit ends with for each final status.json (diverged 3, SIGTERM 143; lightning_mem.cli.fit).
-EXIT_OF_STATUS = {"finished": 0, "diverged": 3, "interrupted": 143}
+# The exit code a fit ends with for each final status.json (lightning_mem.errors).
+EXIT_OF_STATUS = {rundir.FINISHED: EXIT_OK, rundir.DIVERGED: EXIT_DIVERGED, rundir.INTERRUPTED: EXIT_SIGTERM}
 
 
 class HeldRun:

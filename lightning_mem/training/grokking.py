@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_mem import rundir
+from lightning_mem import metric_keys, rundir
 
 
 def weight_norm(module: torch.nn.Module) -> float:
@@ -105,7 +105,7 @@ class GrokkingMonitor(L.Callback):
         self._pending = step  # the module logs this epoch's train/acc after the callbacks' hook
 
     def _flush(self, trainer: L.Trainer) -> None:
-        acc = trainer.callback_metrics.get("train/acc")
+        acc = trainer.callback_metrics.get(metric_keys.TRAIN_ACC)
         if self._pending is not None and acc is not None:
             self.train_acc.append((self._pending, float(acc)))
         self._pending = None
@@ -120,7 +120,7 @@ class GrokkingMonitor(L.Callback):
         # After the module's on_validation_epoch_end, which logs this epoch's val/acc.
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        acc = trainer.callback_metrics.get("val/acc")
+        acc = trainer.callback_metrics.get(metric_keys.VAL_ACC)
         if acc is not None:
             self.val_acc.append((trainer.global_step, float(acc)))
 
