@@ -371,7 +371,7 @@ def test_invalid_arguments_are_rejected(kwargs: dict, match: str) -> None:
 
 def test_unknown_layer_names_the_allowed_ones() -> None:
     with pytest.raises(
-        ValueError, match=r"\['nope'\] are not modules of ScaledMLP; allowed: act, flatten, hidden, out"
+        ValueError, match=r"\['nope'\] are not modules of ScaledMLP; allowed: act, deep, flatten, hidden, out"
     ):
         fit(mlp(), [AlignmentMonitor(layers=["nope"])], max_steps=1)
 
