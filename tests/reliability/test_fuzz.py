@@ -209,7 +209,8 @@ def test_an_ensemble_too_large_for_memory_names_its_size(
     code, output = run_tool(argv, capsys, caplog)
     text = message(output)
     assert code == 2 and "Traceback" not in output, output[-3000:]
-    want = "an ensemble of 3000 members of model.net: ScaledMLP(num_classes=10, width=200000, depth=1) needs 177.6 GB"
+    want = ("an ensemble of 3000 members of model.net: ScaledMLP(num_classes=10, width=200000, depth=1) "
+            "needs 177.6 GB")
     assert want in text, text
     assert "3000 x hidden.weight of shape (200000, 64)" in text and "this machine has" in text
     assert snapshot(earlier) == before
