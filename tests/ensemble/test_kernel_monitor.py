@@ -12,7 +12,7 @@ import pytest
 from lightning_mem.cli import commands
 from lightning_mem.ensemble.plan import read_pack
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARGS = ["--config", str(REPO / "configs/quickstart.yaml"),
         "--config", str(REPO / "configs/kernels/monitor.yaml"),
         "--data.dataset", "digits", "--model.net.width", "16", "--trainer.max_epochs", "2",
