@@ -55,9 +55,8 @@ def _arrays(sweep_dir: Path) -> list[dict[str, Any]]:
 def _wait(array: str, limit: float = 400) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
-        # squeue fails (empty stdout) while slurmctld is busy: that is no answer, not an empty queue
-        if done.returncode == 0 and not any(j.split("_")[0] == array for j in done.stdout.split()):
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout
+        if not any(j.split("_")[0] == array for j in out.split()):
             return
         time.sleep(1)
     pytest.fail(f"array {array} still queued after {limit} s")
