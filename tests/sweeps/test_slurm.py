@@ -37,12 +37,13 @@ def cluster() -> None:
         pytest.skip("no SLURM cluster (tools/slurm/start.sh starts one; LM_REQUIRE_SLURM=1 makes this fail)")
 
 
-def _sweep_file(tmp_path: Path, params: dict[str, Any], name: str = "tiny") -> Path:
+def _sweep_file(tmp_path: Path, params: dict[str, Any], name: str = "tiny",
+                extra: tuple[str, ...] = ()) -> Path:
     base = {"data.dataset": {"value": "digits"}, "model.net.width": {"value": 16},
             "trainer.enable_progress_bar": {"value": False}}
     spec = {"name": name, "method": "grid", "parameters": {**base, **params},
             "command": ["${env}", sys.executable, "-m", "lightning_mem", "fit", "--config",
-                        str(REPO / "configs/quickstart.yaml"), "--config", "${args_json_file}"]}
+                        str(REPO / "configs/quickstart.yaml"), "--config", "${args_json_file}", *extra]}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -115,33 +116,41 @@ def test_grid_finishes_and_a_resubmission_runs_only_what_was_left(tmp_path: Path
     assert len(_arrays(sweep_dir)) == 2
 
 
-@pytest.mark.slow  # one fit preempted mid-run, requeued and resumed, and its reference: ~2 min
-@pytest.mark.xfail(strict=False, reason="timing race: on an idle machine the fit can end before the "
-                   "preemption signal reaches it (seen once in CI); the signal must wait for a checkpoint")
-def test_preempted_task_requeues_and_resumes_to_a_byte_identical_metrics_csv(tmp_path: Path) -> None:
-    params = {"model.net.init_std": {"value": 1.0}, "trainer.max_epochs": {"value": 6},
+@pytest.mark.slow  # one fit held, preempted, requeued and resumed, and its reference: ~1.5 min
+def test_preempted_task_requeues_and_resumes_to_a_byte_identical_metrics_csv(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = {"model.net.init_std": {"value": 1.0}, "trainer.max_epochs": {"value": 3},
               "data.batch_size": {"value": 64}}
-    path = _sweep_file(tmp_path, params)
+    path = _sweep_file(tmp_path, params, extra=("--trainer.callbacks+=tests.helpers.holdpoints.HoldAt",))
     root = tmp_path / "runs"
+    hold = tmp_path / "held"
+    # sbatch passes the submitter's environment to the task, and the task to its fit: the fit holds at the
+    # first batch of epoch 1 (epoch 0's last.ckpt published) until the preemption's SIGTERM reaches it.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("LIGHTNING_MEM_TEST_HOLD", "1")
+    monkeypatch.setenv("LIGHTNING_MEM_TEST_HOLD_FILE", str(hold))
     argv = ["slurm", str(path), "--root", str(root), "--time", "10", "--wandb-mode", "disabled"]
     assert sweep.run(argv) == 0
+    monkeypatch.delenv("LIGHTNING_MEM_TEST_HOLD")  # the reference run below is never held
     sweep_dir = root.resolve() / "tiny"
     (sub,) = _arrays(sweep_dir)
     rid = sub["runs"]["0"]
     run_dir = sweep_dir / rid
     deadline = time.monotonic() + 300
-    while not rundir.last_checkpoint(run_dir).is_file():  # preempt after the first checkpoint
-        assert time.monotonic() < deadline, "no last.ckpt within 300 s"
+    while not (hold.is_file() and rundir.last_checkpoint(run_dir).is_file()):
+        assert time.monotonic() < deadline, "the fit was not held after its first checkpoint within 300 s"
         time.sleep(0.5)
     task = sub["tasks"]["0"]  # a one-task array is submitted as a plain job: "16", not "16_0"
     subprocess.run(["scancel", "--signal=USR2", task], check=True)
-    _wait(sub["job"], 600)
+    _wait(sub["job"], 400)
     out = (sweep_dir / "slurm" / task).glob("*_log.out")
     log_text = "".join(p.read_text() for p in out)
     assert "Requeued job" in log_text, log_text[-2000:]
     assert rundir.read_status(run_dir)["status"] == "finished"  # type: ignore[index]
-    # Resumed in the same folder (a fresh start would have removed the first attempt's output).
-    assert "Stopped by SIGTERM" in (run_dir / "output.log").read_text()
+    # Stopped while held, then resumed in the same folder (a fresh start would have removed its output).
+    output = (run_dir / "output.log").read_text()
+    assert "Stopped by SIGTERM" in output, output
+    assert output.count("Restoring states from the checkpoint") == 1, output
     # The same run, uninterrupted, in its own root.
     ref_root = tmp_path / "ref"
     assert sweep.run(["local", str(path), "--root", str(ref_root), "--wandb-mode", "disabled"]) == 0

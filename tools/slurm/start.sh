@@ -20,6 +20,8 @@ SlurmUser=$USER_NAME
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# A requeued job waits cred_expire seconds before it may run again (default 120): 30 s for the tests' requeues.
+AuthInfo=cred_expire=30
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -69,8 +71,8 @@ if ! munge -n >/dev/null 2>&1; then
     fi
     for _ in $(seq 50); do munge -n >/dev/null 2>&1 && break; sleep 0.2; done
 fi
-pgrep -x slurmctld >/dev/null || slurmctld -f "$DIR/slurm.conf"
-pgrep -x slurmd >/dev/null || slurmd -f "$DIR/slurm.conf"
+pgrep -x -r D,R,S slurmctld >/dev/null || slurmctld -f "$DIR/slurm.conf"
+pgrep -x -r D,R,S slurmd >/dev/null || slurmd -f "$DIR/slurm.conf"
 for _ in $(seq 120); do
     if sinfo -h -o '%T' 2>/dev/null | grep -qx idle; then
         sinfo
