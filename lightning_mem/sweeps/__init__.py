@@ -6,6 +6,8 @@
   recorded in the sweep's manifest.
 - :mod:`~lightning_mem.sweeps.launch`: GPU slots, the children's environment and signals, W&B agents.
 - :mod:`~lightning_mem.sweeps.command`: ``lightning-mem sweep local|agents``.
+- :mod:`~lightning_mem.sweeps.slurm`: ``sweep slurm|status``, a sweep as one SLURM job array.
+- :mod:`~lightning_mem.sweeps.slurmtask`: its array tasks (one run or one pack each) and their claims.
 
 Torch-free: the runner starts without importing torch or Lightning.
 """

@@ -19,15 +19,11 @@ which resumes the run with ``--ckpt_path last``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import json
 import logging
-import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -38,12 +34,12 @@ from typing import Any
 from lightning_mem import rundir
 from lightning_mem.checks import path_arg
 from lightning_mem.sweeps.outcomes import error_line
-from lightning_mem.sweeps.runner import LocalSweep
-from lightning_mem.sweeps.spec import args_json, check_runs
+from lightning_mem.sweeps.runner import Job, LocalSweep
+from lightning_mem.sweeps.slurmtask import CLAIMS, PackTask, RunTask, queued_jobs
+from lightning_mem.sweeps.spec import check_runs
 
 log = logging.getLogger(__name__)
 
-CLAIMS = "claims"  # <sweep>/claims/<run id>/job: the SLURM job that owns the run
 SLURM_JSON = "slurm.json"  # <sweep>/slurm.json: the submissions (array job ids, run id per task)
 SLURM_LOGS = "slurm"  # submitit's folder of pickles and task logs
 TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")  # SLURM's --time forms (sbatch(1))
@@ -51,106 +47,6 @@ TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")  # SLURM's --time fo
 
 class SlurmError(ValueError):
     """Bad input for the cluster (SLURM's own message included); exit 2, nothing submitted."""
-
-
-# ---------------------------------------------------------------------------- the array task
-
-
-def job_id() -> str:
-    """This task's SLURM id, ``<array job>_<task>`` (unchanged when SLURM requeues it)."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", f"pid{os.getpid()}")
-
-
-def queued_jobs() -> set[str]:
-    """Ids (``<array>_<task>`` and plain) of the jobs SLURM still holds (pending or running)."""
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60)
-    return set(out.stdout.split()) if out.returncode == 0 else set()
-
-
-def claim(sweep_dir: Path, rid: str, me: str) -> str | None:
-    """Claim run ``rid`` for job ``me``; None when claimed, else the live job that holds it."""
-    folder = sweep_dir / CLAIMS / rid
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.mkdir(folder)  # atomic on NFS: exactly one creator wins
-    except OSError as err:
-        if err.errno != errno.EEXIST:
-            raise
-        holder = (folder / "job").read_text().strip() if (folder / "job").is_file() else ""
-        if holder and holder != me and holder in queued_jobs():
-            return holder
-    rundir.atomic_write_text(folder / "job", me + "\n")
-    return None
-
-
-def _ended(pid: int) -> bool:
-    """Whether process ``pid`` has exited (gone, or a zombie not yet reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, IndexError):
-        return True
-
-
-def _child_signals() -> None:
-    """In the fit's process: ignore SLURM's warning signals (SIG_IGN survives exec); the task, not the fit,
-    answers them, with a SIGTERM to the fit."""
-    for name in ("SIGUSR1", "SIGUSR2"):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-
-
-class RunTask:
-    """One array task: claim the run, train it (resuming ``last.ckpt`` when there is one), record nothing
-    but its run folder. submitit calls :meth:`checkpoint` on preemption or at the time limit."""
-
-    def __init__(self, sweep_dir: str, rid: str, command: list[str], params: dict[str, Any],
-                 wandb_mode: str) -> None:
-        self.sweep_dir, self.rid, self.command, self.params = sweep_dir, rid, command, params
-        self.wandb_mode = wandb_mode
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_proc": None}
-
-    def __call__(self) -> str:
-        sweep_dir, run_dir = Path(self.sweep_dir), Path(self.sweep_dir) / self.rid
-        if (rundir.read_status(run_dir) or {}).get("status") in rundir.DONE:
-            return "skipped: already done"
-        holder = claim(sweep_dir, self.rid, job_id())
-        if holder is not None:
-            return f"skipped: job {holder} trains it"
-        resume = rundir.last_checkpoint(run_dir).is_file()
-        if not resume:
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True)
-            (run_dir / rundir.ARGS_JSON).write_text(args_json(self.params))
-        command = [*self.command, *(["--ckpt_path", "last"] if resume else [])]
-        env = dict(os.environ, WANDB_MODE=self.wandb_mode, LIGHTNING_MEM_RUN_ID=self.rid)
-        for key in ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH"):
-            env.pop(key, None)
-        for key in [k for k in env if k.startswith(("SLURM_", "SUBMITIT_"))]:
-            env.pop(key)  # else Lightning's SLURM plugin would requeue too; the fit is one local process
-        with (run_dir / rundir.OUTPUT_LOG).open("ab") as out:
-            self._proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                          preexec_fn=_child_signals)
-        code = self._proc.wait()
-        if code != 0:
-            raise RuntimeError(f"run {self.rid} exited {code}: {error_line(run_dir / rundir.OUTPUT_LOG)}")
-        return rundir.FINISHED
-
-    def checkpoint(self) -> Any:
-        """Stop the fit with SIGTERM (it writes ``last.ckpt`` and exits) and requeue this same task."""
-        import submitit  # the task's side only
-
-        if self._proc is not None:  # __call__ is inside Popen.wait, holding its lock: watch /proc instead
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while not _ended(self._proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-        return submitit.helpers.DelayedSubmission(RunTask(self.sweep_dir, self.rid, self.command,
-                                                          self.params, self.wandb_mode))
 
 
 # ---------------------------------------------------------------------------- status from run folders
@@ -165,8 +61,9 @@ def run_state(sweep_dir: Path, rid: str, queued: set[str]) -> str:
     holder = job.read_text().strip() if job.is_file() else ""
     if holder and holder in queued:
         return rundir.RUNNING
-    submitted = {rid for sub in _submissions(sweep_dir) for rid in sub["runs"].values()
-                 if sub["job"] in {j.split("_")[0] for j in queued}}
+    live = {j.split("_")[0] for j in queued}
+    submitted = {rid for sub in _submissions(sweep_dir) if sub["job"] in live
+                 for task in sub["runs"].values() for rid in task_runs(task)}
     if rid in submitted:
         return rundir.PENDING
     return rundir.FAILED if holder or record else rundir.PENDING
@@ -176,6 +73,11 @@ def _record(sweep_dir: Path) -> dict[str, Any]:
     """``slurm.json``: the sweep file, ``--count``/``--seed`` and every submission (the submitter's)."""
     path = sweep_dir / SLURM_JSON
     return dict(json.loads(path.read_text())) if path.is_file() else {"submissions": []}
+
+
+def task_runs(task: str | list[str]) -> list[str]:
+    """The run ids of one task in ``slurm.json``'s ``runs``: a run id, or (``--pack``) a pack's list."""
+    return [task] if isinstance(task, str) else list(task)
 
 
 def _submissions(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -237,19 +139,25 @@ def check_cluster(opts: dict[str, str], root: Path) -> None:
 
 def cmd_slurm(args: argparse.Namespace) -> int:
     sweep = LocalSweep(Path(args.sweep), Path(args.root), wandb_mode=args.wandb_mode, count=args.count,
-                       seed=args.seed)
+                       seed=args.seed, pack=args.pack, pack_size=args.pack_size)
     check_runs(sweep.spec, sweep.path, sweep.params)
     opts = slurm_options(args)
     sweep.load()
     queued = queued_jobs() if shutil.which("squeue") else set()
     skip = (*rundir.DONE, rundir.RUNNING)
     todo = [rid for rid in sweep.grid if run_state(sweep.dir, rid, queued) not in skip]
+    jobs = sweep.jobs(todo, 1)  # --pack: packs as large as --pack-size allows, one task each
     if args.dry_run:
-        sys.stdout.write(f"# array of {len(todo)} tasks ({len(sweep.grid) - len(todo)} of {len(sweep.grid)} "
-                         f"runs done or running, skipped): sbatch "
+        sys.stdout.write(f"# array of {len(jobs)} tasks for {len(todo)} runs ({len(sweep.grid) - len(todo)} "
+                         f"of {len(sweep.grid)} runs done or running, skipped): sbatch "
                          f"{' '.join(f'--{k}={v}' for k, v in opts.items())}\n")
-        for i, rid in enumerate(todo):
-            sys.stdout.write(f"# task {i}: {rid}\n{shlex.join(sweep.runs[rid]['command'])}\n")
+        for i, job in enumerate(jobs):
+            if job.pack is None:
+                rid = job.rids[0]
+                sys.stdout.write(f"# task {i}: {rid}\n{shlex.join(sweep.runs[rid]['command'])}\n")
+            else:
+                sys.stdout.write(f"# task {i}: {job.pack}: {len(job.rids)} runs in one process: "
+                                 f"{' '.join(job.rids)}\n{shlex.join(sweep.pack_command(job))}\n")
         return 0
     check_cluster(opts, sweep.root)
     if not todo:
@@ -260,25 +168,34 @@ def cmd_slurm(args: argparse.Namespace) -> int:
 
     sweep.dir.mkdir(parents=True, exist_ok=True)
     executor = submitit.SlurmExecutor(folder=sweep.dir / SLURM_LOGS / "%j", max_num_timeout=args.max_requeue)
-    params = {k: v for k, v in opts.items()}
     executor.update_parameters(array_parallelism=args.array_parallelism, signal_delay_s=args.signal_delay,
-                               job_name=f"lm-{sweep.name}", additional_parameters=params)
-    tasks = [RunTask(str(sweep.dir), rid, sweep.runs[rid]["command"], sweep.runs[rid]["params"],
-                     args.wandb_mode) for rid in todo]
+                               job_name=f"lm-{sweep.name}", additional_parameters=dict(opts))
     with executor.batch():
-        jobs = [executor.submit(task) for task in tasks]
-    array = jobs[0].job_id.split("_")[0]
+        submitted = [executor.submit(_task(sweep, job, args.wandb_mode)) for job in jobs]
+    array = submitted[0].job_id.split("_")[0]
     record = _record(sweep.dir)
-    record.update(file=str(sweep.path.resolve()), count=args.count, seed=args.seed, root=str(sweep.root))
-    record["submissions"].append({"job": array, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  "options": opts, "runs": {str(i): rid for i, rid in enumerate(todo)},
-                                  "tasks": {str(i): job.job_id for i, job in enumerate(jobs)}})
+    record.update(file=str(sweep.path.resolve()), count=args.count, seed=args.seed, root=str(sweep.root),
+                  pack=args.pack, pack_size=args.pack_size)
+    record["submissions"].append({
+        "job": array, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "options": opts,
+        "runs": {str(i): job.rids if job.pack else job.rids[0] for i, job in enumerate(jobs)},
+        "tasks": {str(i): sub.job_id for i, sub in enumerate(submitted)}})
     rundir.atomic_write_json(sweep.dir / SLURM_JSON, record)
     derive_manifest(sweep, queued_jobs())
-    sys.stdout.write(f"sweep {sweep.name}: job array {array}, {len(todo)} tasks "
+    sys.stdout.write(f"sweep {sweep.name}: job array {array}, {len(jobs)} tasks for {len(todo)} runs "
                      f"({len(sweep.grid) - len(todo)} runs skipped); "
                      f"watch: lightning-mem sweep status {sweep.dir}\n")
     return 0
+
+
+def _task(sweep: LocalSweep, job: Job, wandb_mode: str) -> RunTask:
+    """The array task of one job: a run, or a pack's runs in one ensemble process."""
+    if job.pack is None:
+        entry = sweep.runs[job.rids[0]]
+        return RunTask(str(sweep.dir), job.rids[0], entry["command"], entry["params"], wandb_mode)
+    runs = {rid: {"command": sweep.runs[rid]["command"], "params": sweep.runs[rid]["params"]}
+            for rid in job.rids}
+    return PackTask(str(sweep.dir), runs, wandb_mode)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -335,6 +252,11 @@ def add_parsers(sub: Any, positive: Any) -> None:
     sl.add_argument("--max-requeue", type=int, default=3, help="requeues after a time-out (default 3)")
     sl.add_argument("--wandb-mode", default="offline", choices=["offline", "disabled", "online"],
                     help="WANDB_MODE of the runs (default offline: compute nodes often have no network)")
+    sl.add_argument("--pack", action="store_true",
+                    help="one task per pack: runs that differ only in σ, seed, lr, loss scale or label seed "
+                    "train as one ensemble process, each in its own run folder (as `sweep local --pack`)")
+    sl.add_argument("--pack-size", type=positive, default=None,
+                    help="members per pack at most (default: all the runs that may share one)")
     sl.add_argument("--dry-run", action="store_true", help="print the array and each command")
     sl.set_defaults(func=cmd_slurm)
     st = sub.add_parser("status", help="k of N finished/running/pending/failed (SLURM).")

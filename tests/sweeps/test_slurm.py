@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from lightning_mem import rundir
+from lightning_mem.ensemble import plan as ensemble_plan
 from lightning_mem.sweeps import command as sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,3 +157,105 @@ def test_preempted_task_requeues_and_resumes_to_a_byte_identical_metrics_csv(
     assert sweep.run(["local", str(path), "--root", str(ref_root), "--wandb-mode", "disabled"]) == 0
     ref = ref_root / "tiny" / rid / "metrics.csv"
     assert (run_dir / "metrics.csv").read_bytes() == ref.read_bytes()
+
+
+@pytest.mark.slow  # two packs of two 1-epoch fits, one ensemble process each: ~1 min
+def test_packed_sweep_runs_one_task_per_pack_and_finishes_with_a_correct_manifest(tmp_path: Path) -> None:
+    path = _sweep_file(tmp_path, {"model.net.init_std": {"values": [0.01, 1.0]},
+                                  "seed_everything": {"values": [0, 1]}, "trainer.max_epochs": {"value": 1}})
+    root = tmp_path / "runs"
+    argv = ["slurm", str(path), "--root", str(root), "--time", "10", "--wandb-mode", "disabled", "--pack",
+            "--pack-size", "2"]
+    assert sweep.run(argv) == 0
+    sweep_dir = root.resolve() / "tiny"
+    (sub,) = _arrays(sweep_dir)
+    packs = list(sub["runs"].values())
+    assert [len(p) for p in packs] == [2, 2] and len({r for p in packs for r in p}) == 4, packs
+    _wait(sub["job"])
+    assert sweep.run(["status", str(sweep_dir)]) == 0
+    runs = rundir.read_manifest(sweep_dir / "manifest.json")["runs"]
+    assert sorted(runs) == sorted(r for p in packs for r in p)
+    assert sorted(r["status"] for r in runs.values()) == ["finished"] * 4
+    for members in packs:
+        pack_dir = sweep_dir / ensemble_plan.pack_id(members)
+        assert [m["run_id"] for m in ensemble_plan.read_pack(pack_dir)] == members
+        assert rundir.last_checkpoint(pack_dir).is_file()  # trained as one ensemble, not run by run
+        for rid in members:
+            assert runs[rid]["metrics"]["epoch"] == 0.0 and 0.0 <= runs[rid]["metrics"]["train/acc"] <= 1.0
+            assert (sweep_dir / "claims" / rid / "job").read_text().startswith(sub["job"] + "_")
+            assert json.loads((sweep_dir / rid / "args.json").read_text()) == {
+                "data.dataset": "digits", "model.net.width": 16, "trainer.enable_progress_bar": False,
+                "trainer.max_epochs": 1, **runs[rid]["params"]}
+    # The members' seeds differ within a pack: their metrics do too.
+    assert len({runs[rid]["metrics"]["train/loss"] for rid in runs}) == 4
+
+
+@pytest.mark.slow  # one 1-epoch fit, then a cancel of the task queued behind it: ~40 s
+def test_status_cancel_leaves_finished_runs_untouched(tmp_path: Path) -> None:
+    path = _sweep_file(tmp_path, {"model.net.init_std": {"values": [0.01, 1.0]},
+                                  "trainer.max_epochs": {"value": 1}})
+    root = tmp_path / "runs"
+    # One task at a time, and the second held (never eligible) so that it is queued when cancelled.
+    argv = ["slurm", str(path), "--root", str(root), "--time", "10", "--wandb-mode", "disabled",
+            "--array-parallelism", "1"]
+    assert sweep.run(argv) == 0
+    sweep_dir = root.resolve() / "tiny"
+    (sub,) = _arrays(sweep_dir)
+    first, second = sub["runs"]["0"], sub["runs"]["1"]
+    subprocess.run(["scontrol", "hold", sub["tasks"]["1"]], check=True, capture_output=True)
+    deadline = time.monotonic() + 300
+    while (rundir.read_status(sweep_dir / first) or {}).get("status") != "finished":
+        assert time.monotonic() < deadline, "the first run did not finish within 300 s"
+        time.sleep(0.5)
+    before = {p.name: p.read_bytes() for p in (sweep_dir / first).iterdir() if p.is_file()}
+    assert sub["tasks"]["1"] in _queue()
+    assert sweep.run(["status", str(sweep_dir), "--cancel"]) == 0
+    assert not any(j.split("_")[0] == sub["job"] for j in _queue())
+    after = {p.name: p.read_bytes() for p in (sweep_dir / first).iterdir() if p.is_file()}
+    assert after == before  # status.json, metrics.csv, output.log: byte for byte
+    runs = rundir.read_manifest(sweep_dir / "manifest.json")["runs"]
+    assert (runs[first]["status"], runs[second]["status"]) == ("finished", "pending")
+    assert not (sweep_dir / second).exists()
+
+
+@pytest.mark.slow  # a held array of 8 (never runs) and 8 processes racing for one claim: ~10 s
+def test_two_submissions_cannot_claim_one_run_and_a_dead_tasks_claim_is_taken_over(tmp_path: Path) -> None:
+    out = subprocess.run(["sbatch", "--parsable", "--hold", "--array=0-7", "--time=1", "--wrap", "true"],
+                         capture_output=True, text=True, check=True)
+    array = out.stdout.strip().split(";")[0]
+    ids = [f"{array}_{i}" for i in range(8)]
+    try:
+        deadline = time.monotonic() + 60
+        while not set(ids) <= set(_queue()):
+            assert time.monotonic() < deadline, f"array {array} not in squeue"
+            time.sleep(0.5)
+        sweep_dir = tmp_path / "sweep"
+        sweep_dir.mkdir()
+        # Eight tasks of "two submissions" claim the same run at once, each in its own process.
+        code = ("import sys; from pathlib import Path; from lightning_mem.sweeps.slurmtask import claim; "
+                "sys.stdout.write(repr(claim(Path(sys.argv[1]), 'run-x', sys.argv[2])))")
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(sweep_dir), me], stdout=subprocess.PIPE,
+                                  text=True) for me in ids]
+        answers = [p.communicate(timeout=120)[0] for p in procs]
+        winners = [me for me, a in zip(ids, answers, strict=True) if a == "None"]
+        assert len(winners) == 1, answers
+        (winner,) = winners
+        assert sorted(answers) == sorted(["None"] + [repr(winner)] * 7)
+        assert (sweep_dir / "claims" / "run-x" / "job").read_text() == winner + "\n"
+        # Its task is gone (cancelled): the claim is stale; one other task takes it over, the rest see it.
+        subprocess.run(["scancel", winner], check=True)
+        deadline = time.monotonic() + 60
+        while winner in _queue():
+            assert time.monotonic() < deadline, f"{winner} still queued after scancel"
+            time.sleep(0.5)
+        others = [me for me in ids if me != winner]
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(sweep_dir), me], stdout=subprocess.PIPE,
+                                  text=True) for me in others]
+        answers = [p.communicate(timeout=120)[0] for p in procs]
+        (heir,) = [me for me, a in zip(others, answers, strict=True) if a == "None"]
+        assert sorted(answers) == sorted(["None"] + [repr(heir)] * 6)
+        assert (sweep_dir / "claims" / "run-x" / "job").read_text() == heir + "\n"
+        stale, live = sorted(p.name for p in (sweep_dir / "claims").iterdir())  # no temporary folder left
+        assert stale.startswith(f".stale-run-x-{winner}-") and live == "run-x", (stale, live)
+    finally:
+        subprocess.run(["scancel", array], check=False)
