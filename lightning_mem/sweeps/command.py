@@ -39,6 +39,7 @@ from lightning_mem.checks import path_arg
 from lightning_mem.errors import EXIT_BAD_INPUT
 from lightning_mem.sweeps.launch import cmd_agents, slots_of
 from lightning_mem.sweeps.runner import LocalSweep
+from lightning_mem.sweeps.slurm import add_cluster_flags, cmd_agents_slurm, slurm_options
 from lightning_mem.sweeps.slurm import add_parsers as add_slurm_parsers
 from lightning_mem.sweeps.spec import check_runs
 
@@ -99,6 +100,16 @@ def cmd_local(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_agents(args: argparse.Namespace) -> int:
+    if args.slurm:
+        return cmd_agents_slurm(args)
+    stray = [flag for flag, value in (("--agents", args.agents != 1), ("--dry-run", args.dry_run)) if value]
+    stray += [f"--{key}" for key in slurm_options(args)]
+    if stray:
+        raise ValueError(f"{' and '.join(stray)}: only with --slurm (or give --gpus for local agents)")
+    return cmd_agents(args)
+
+
 def _positive(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:  # "+3", "-1", "0", "x" refused
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
@@ -156,15 +167,22 @@ def parser() -> argparse.ArgumentParser:
                      help="members per ensemble at most (default: as many as fit, split so that every "
                      "--max-parallel slot gets one)")
     loc.set_defaults(func=cmd_local)
-    ag = sub.add_parser("agents", help="One `wandb agent SWEEP_ID` per GPU slot.")
+    ag = sub.add_parser("agents", help="One `wandb agent SWEEP_ID` per GPU slot, or per SLURM array task.")
     ag.add_argument("sweep_id", help="entity/project/sweep_id as printed by `wandb sweep`")
-    ag.add_argument("--gpus", required=True, help=gpu_help.replace("slot", "agent"))
+    ag.add_argument("--gpus", help=gpu_help.replace("slot", "agent") + "; required without --slurm")
     ag.add_argument("--gpus-per-run", type=_positive, default=1, help=per_run_help)
     ag.add_argument("--count", type=_positive, default=None,
                     help="runs per agent (default: until the sweep ends)")
     ag.add_argument("--stagger", type=_seconds, default=10.0,
                     help="seconds between agent starts (default: 10)")
-    ag.set_defaults(func=cmd_agents)
+    ag.add_argument("--slurm", action="store_true",
+                    help="submit --agents SLURM array tasks, one agent each (the nodes reach the W&B server)")
+    ag.add_argument("--agents", type=_positive, default=1, help="--slurm: array tasks (default 1)")
+    ag.add_argument("--logs", type=path_arg, default="runs/slurm-agents",
+                    help="--slurm: folder of submitit's pickles and task logs, shared by the nodes")
+    ag.add_argument("--dry-run", action="store_true", help="--slurm: print the array and the agent command")
+    add_cluster_flags(ag, _positive)
+    ag.set_defaults(func=_cmd_agents)
     add_slurm_parsers(sub, _positive)
     return p
 

@@ -35,7 +35,7 @@ from lightning_mem import rundir
 from lightning_mem.checks import path_arg
 from lightning_mem.sweeps.outcomes import error_line
 from lightning_mem.sweeps.runner import Job, LocalSweep
-from lightning_mem.sweeps.slurmtask import CLAIMS, PackTask, RunTask, queued_jobs
+from lightning_mem.sweeps.slurmtask import CLAIMS, AgentTask, PackTask, RunTask, queued_jobs
 from lightning_mem.sweeps.spec import check_runs
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def slurm_options(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
-def check_cluster(opts: dict[str, str], root: Path) -> None:
+def check_cluster(opts: dict[str, str], root: Path, flag: str = "--root") -> None:
     """SLURM's own verdict on the options (``sbatch --test-only``: nothing is queued); SlurmError with its
     message. A root under /tmp is warned about: compute nodes do not share it."""
     if shutil.which("sbatch") is None:
@@ -133,8 +133,8 @@ def check_cluster(opts: dict[str, str], root: Path) -> None:
         message = " ".join(errors or out.stderr.split("\n")[-2:]).strip()
         raise SlurmError(message or f"sbatch exit {out.returncode}")
     if str(root.resolve()).startswith(("/tmp/", "/var/tmp/", "/dev/shm/")):
-        log.warning("--root %s is under a node-local folder: the compute nodes must share the sweep root "
-                    "(a one-node cluster is fine)", root)
+        log.warning("%s %s is under a node-local folder: the compute nodes must share it "
+                    "(a one-node cluster is fine)", flag, root)
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
@@ -198,6 +198,32 @@ def _task(sweep: LocalSweep, job: Job, wandb_mode: str) -> RunTask:
     return PackTask(str(sweep.dir), runs, wandb_mode)
 
 
+def cmd_agents_slurm(args: argparse.Namespace) -> int:
+    """``sweep agents SWEEP_ID --slurm``: ``--agents`` array tasks, one ``wandb agent`` each."""
+    opts = slurm_options(args)
+    command = [sys.executable, "-m", "wandb", "agent", *(["--count", str(args.count)] if args.count else []),
+               args.sweep_id]
+    if args.dry_run:
+        sys.stdout.write(f"# array of {args.agents} tasks, one wandb agent each: sbatch "
+                         f"{' '.join(f'--{k}={v}' for k, v in opts.items())}\n")
+        for i in range(args.agents):
+            sys.stdout.write(f"# task {i}\n{shlex.join(command)}\n")
+        return 0
+    logs = Path(args.logs)
+    check_cluster(opts, logs, "--logs")
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=logs.resolve() / "%j", max_num_timeout=0)
+    executor.update_parameters(array_parallelism=args.array_parallelism, job_name="lm-agent",
+                               additional_parameters=dict(opts))
+    with executor.batch():
+        jobs = [executor.submit(AgentTask(command)) for _ in range(args.agents)]
+    array = jobs[0].job_id.split("_")[0]
+    sys.stdout.write(f"wandb agents for {args.sweep_id}: job array {array}, {args.agents} tasks; "
+                     f"logs: {logs.resolve() / array}_<task>/\n")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     sweep_dir = Path(args.sweep_dir).resolve()
     record = _record(sweep_dir)
@@ -228,6 +254,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_cluster_flags(p: argparse.ArgumentParser, positive: Any) -> None:
+    """The sbatch options as flags (``sweep slurm`` and ``sweep agents --slurm``)."""
+    p.add_argument("--partition", help="sbatch --partition")
+    p.add_argument("--time", help="sbatch --time per task (M, H:M:S, D-H:M:S)")
+    p.add_argument("--cpus-per-task", type=positive, help="sbatch --cpus-per-task")
+    p.add_argument("--gpus-per-task", type=positive, help="sbatch --gpus-per-task")
+    p.add_argument("--mem", help="sbatch --mem (e.g. 4G)")
+    p.add_argument("--account", help="sbatch --account")
+    p.add_argument("--qos", help="sbatch --qos")
+    p.add_argument("--constraint", help="sbatch --constraint")
+    p.add_argument("--slurm-option", action="append", metavar="KEY=VALUE",
+                    help="any other sbatch option, without its -- (repeatable)")
+    p.add_argument("--array-parallelism", type=positive, default=256, help="tasks at once (default 256)")
+
+
 def add_parsers(sub: Any, positive: Any) -> None:
     """Register ``slurm`` and ``status`` on the ``sweep`` command's subparsers."""
     sl = sub.add_parser("slurm", help="Submit a sweep YAML as one SLURM job array.")
@@ -236,17 +277,7 @@ def add_parsers(sub: Any, positive: Any) -> None:
                     help="runs go to ROOT/<sweep name>/<run id>/, shared by the nodes (default: runs)")
     sl.add_argument("--count", type=positive, default=None, help="runs (method random; caps a grid)")
     sl.add_argument("--seed", type=int, default=0, help="seed of method random's draws (default: 0)")
-    sl.add_argument("--partition", help="sbatch --partition")
-    sl.add_argument("--time", help="sbatch --time per task (M, H:M:S, D-H:M:S)")
-    sl.add_argument("--cpus-per-task", type=positive, help="sbatch --cpus-per-task")
-    sl.add_argument("--gpus-per-task", type=positive, help="sbatch --gpus-per-task")
-    sl.add_argument("--mem", help="sbatch --mem (e.g. 4G)")
-    sl.add_argument("--account", help="sbatch --account")
-    sl.add_argument("--qos", help="sbatch --qos")
-    sl.add_argument("--constraint", help="sbatch --constraint")
-    sl.add_argument("--slurm-option", action="append", metavar="KEY=VALUE",
-                    help="any other sbatch option, without its -- (repeatable)")
-    sl.add_argument("--array-parallelism", type=positive, default=256, help="tasks at once (default 256)")
+    add_cluster_flags(sl, positive)
     sl.add_argument("--signal-delay", type=positive, default=90,
                     help="seconds before --time the task is told to save and requeue (default 90)")
     sl.add_argument("--max-requeue", type=int, default=3, help="requeues after a time-out (default 3)")

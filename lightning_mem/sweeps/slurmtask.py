@@ -227,3 +227,22 @@ class PackTask(RunTask):
 
     def _again(self) -> RunTask:
         return PackTask(self.sweep_dir, self.runs, self.wandb_mode)
+
+
+class AgentTask:
+    """One array task of ``sweep agents --slurm``: one ``wandb agent`` (its output in the task's log); fails
+    with the agent's exit status. W&B's server hands out the runs, so there is nothing to claim."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+
+    def __call__(self) -> str:
+        env = dict(os.environ)
+        for key in [k for k in env if k.startswith("SUBMITIT_")]:
+            env.pop(key)
+        sys.stderr.write(f"wandb agent task {job_id()}: {' '.join(self.command)}\n")
+        sys.stderr.flush()
+        code = subprocess.run(self.command, env=env, check=False).returncode
+        if code != 0:
+            raise RuntimeError(f"wandb agent exited {code}: {' '.join(self.command)}")
+        return "agent done"

@@ -259,3 +259,28 @@ def test_two_submissions_cannot_claim_one_run_and_a_dead_tasks_claim_is_taken_ov
         assert stale.startswith(f".stale-run-x-{winner}-") and live == "run-x", (stale, live)
     finally:
         subprocess.run(["scancel", array], check=False)
+
+
+@pytest.mark.slow  # the CLI parsed twice and an array of two agents that fail at once: ~20 s
+def test_agents_on_slurm_dry_run_and_a_real_array_whose_agents_fail_without_a_wandb_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    agent = f"{sys.executable} -m wandb agent --count 3 me/proj/abc123"
+    assert sweep.run(["agents", "me/proj/abc123", "--slurm", "--agents", "2", "--gpus-per-task", "1",
+                      "--partition", "gpu", "--count", "3", "--dry-run"]) == 0
+    assert capsys.readouterr().out == (
+        "# array of 2 tasks, one wandb agent each: sbatch --partition=gpu --gpus-per-task=1\n"
+        f"# task 0\n{agent}\n# task 1\n{agent}\n")
+    # No W&B server and no API key on the node (sbatch hands the task this environment): each agent stops.
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for key in ("HOME", "WANDB_CONFIG_DIR", "WANDB_DIR"):
+        monkeypatch.setenv(key, str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    logs = tmp_path / "agents"
+    assert sweep.run(["agents", "me/proj/abc123", "--slurm", "--agents", "2", "--time", "5", "--count", "3",
+                      "--logs", str(logs)]) == 0
+    array = capsys.readouterr().out.split("job array ")[1].split(",")[0]
+    _wait(array, 120)
+    for i in range(2):
+        text = (logs / f"{array}_{i}" / f"{array}_{i}_0_log.err").read_text()
+        assert f"wandb agent task {array}_{i}: {agent}" in text, text[-2000:]
+        assert "No API key configured" in text and f"wandb agent exited 1: {agent}" in text, text[-2000:]
