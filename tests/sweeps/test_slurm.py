@@ -117,7 +117,7 @@ def test_grid_finishes_and_a_resubmission_runs_only_what_was_left(tmp_path: Path
     assert len(_arrays(sweep_dir)) == 2
 
 
-@pytest.mark.slow  # one fit held, preempted, requeued and resumed, and its reference: ~1.5 min
+@pytest.mark.slow  # one fit held, preempted, requeued (30 s) and resumed; its reference meanwhile: ~2 min
 def test_preempted_task_requeues_and_resumes_to_a_byte_identical_metrics_csv(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = {"model.net.init_std": {"value": 1.0}, "trainer.max_epochs": {"value": 3},
@@ -132,7 +132,14 @@ def test_preempted_task_requeues_and_resumes_to_a_byte_identical_metrics_csv(
     monkeypatch.setenv("LIGHTNING_MEM_TEST_HOLD_FILE", str(hold))
     argv = ["slurm", str(path), "--root", str(root), "--time", "10", "--wandb-mode", "disabled"]
     assert sweep.run(argv) == 0
-    monkeypatch.delenv("LIGHTNING_MEM_TEST_HOLD")  # the reference run below is never held
+    # The same run, uninterrupted and never held, in its own root, meanwhile on this machine's other core.
+    ref_root = tmp_path / "ref"
+    env = {k: v for k, v in os.environ.items() if k != "LIGHTNING_MEM_TEST_HOLD"}
+    ref_log = tmp_path / "reference.log"
+    with ref_log.open("w") as out:
+        reference = subprocess.Popen([sys.executable, "-m", "lightning_mem", "sweep", "local", str(path),
+                                      "--root", str(ref_root), "--wandb-mode", "disabled"], env=env,
+                                     stdout=out, stderr=subprocess.STDOUT)
     sweep_dir = root.resolve() / "tiny"
     (sub,) = _arrays(sweep_dir)
     rid = sub["runs"]["0"]
@@ -152,9 +159,7 @@ def test_preempted_task_requeues_and_resumes_to_a_byte_identical_metrics_csv(
     output = (run_dir / "output.log").read_text()
     assert "Stopped by SIGTERM" in output, output
     assert output.count("Restoring states from the checkpoint") == 1, output
-    # The same run, uninterrupted, in its own root.
-    ref_root = tmp_path / "ref"
-    assert sweep.run(["local", str(path), "--root", str(ref_root), "--wandb-mode", "disabled"]) == 0
+    assert reference.wait(timeout=300) == 0, ref_log.read_text()[-3000:]
     ref = ref_root / "tiny" / rid / "metrics.csv"
     assert (run_dir / "metrics.csv").read_bytes() == ref.read_bytes()
 
