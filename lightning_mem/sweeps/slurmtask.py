@@ -48,10 +48,27 @@ def job_id() -> str:
     return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", f"pid{os.getpid()}")
 
 
-def queued_jobs() -> set[str]:
-    """Ids (``<array>_<task>`` and plain) of the jobs SLURM still holds (pending or running)."""
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60)
+def queued_jobs(strict: bool = False) -> set[str]:
+    """Ids (``<array>_<task>`` and plain) of the jobs SLURM still holds (pending or running); when squeue
+    fails, an empty set, or with ``strict`` an OSError (a claim must not be taken over on no answer)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        if strict:
+            raise OSError(f"squeue: {err}") from err
+        return set()
+    if out.returncode != 0 and strict:
+        raise OSError(f"squeue exit {out.returncode}: {out.stderr.strip()}")
     return set(out.stdout.split()) if out.returncode == 0 else set()
+
+
+def _alive(job: str) -> bool:
+    """Whether SLURM still holds ``job``; True when squeue gives no answer (skipping a run can be undone by
+    a resubmission, training it twice cannot)."""
+    try:
+        return job in queued_jobs(strict=True)
+    except OSError:
+        return True
 
 
 def _holder(folder: Path) -> tuple[str, int] | None:
@@ -71,7 +88,7 @@ def claim(sweep_dir: Path, rid: str, me: str) -> str | None:
         held = _holder(folder)
         if held is not None and held[0] == me:  # this task, requeued
             return None
-        if held is not None and held[0] in queued_jobs():
+        if held is not None and _alive(held[0]):
             return held[0]
         if held is not None:  # stale: moved aside under a name both racers derive from what they read, so
             with contextlib.suppress(FileNotFoundError):  # only the first rename of it succeeds
@@ -181,9 +198,11 @@ class PackTask(RunTask):
     claimed by a live job are left out (the pack is then the rest's, under its own id); a pack the
     ensemble refuses (exit 2, nothing written) trains its runs one after another."""
 
-    def __init__(self, sweep_dir: str, runs: dict[str, dict[str, Any]], wandb_mode: str) -> None:
+    def __init__(self, sweep_dir: str, runs: dict[str, dict[str, Any]], wandb_mode: str,
+                 pack: str | None = None) -> None:
         super().__init__(sweep_dir, next(iter(runs)), [], {}, wandb_mode)
         self.runs = runs  # run id -> {"command": [...], "params": {...}}
+        self.pack = pack  # the pack folder of the first attempt: a requeued task resumes it
 
     def __call__(self) -> str:
         sweep_dir, me = Path(self.sweep_dir), job_id()
@@ -192,16 +211,19 @@ class PackTask(RunTask):
         mine = [rid for rid in todo if claim(sweep_dir, rid, me) is None]
         if not mine:
             return f"skipped: {len(self.runs) - len(todo)} done, the rest trained by other jobs"
-        if len(mine) == 1:
+        pack_dir = sweep_dir / (self.pack or ensemble_plan.pack_id(mine))
+        try:  # requeued: the ensemble resumes its pack, members that ended meanwhile included
+            members = {m["run_id"] for m in ensemble_plan.read_pack(pack_dir)}
+            resume = rundir.last_checkpoint(pack_dir).is_file() and set(mine) <= members <= set(self.runs)
+        except rundir.RunDirError:
+            resume = False
+        if not resume and len(mine) == 1:
             (rid,) = mine
             return RunTask(self.sweep_dir, rid, self.runs[rid]["command"], self.runs[rid]["params"],
                            self.wandb_mode).__call__()
-        pack_dir = sweep_dir / ensemble_plan.pack_id(mine)
-        try:
-            resume = (rundir.last_checkpoint(pack_dir).is_file()
-                      and [m["run_id"] for m in ensemble_plan.read_pack(pack_dir)] == mine)
-        except rundir.RunDirError:
-            resume = False
+        if not resume:
+            pack_dir = sweep_dir / ensemble_plan.pack_id(mine)
+        self.pack = pack_dir.name
         if not resume:
             if pack_dir.exists():
                 shutil.rmtree(pack_dir)
@@ -226,7 +248,7 @@ class PackTask(RunTask):
         return f"{len(mine)} runs in {pack_dir.name}"
 
     def _again(self) -> RunTask:
-        return PackTask(self.sweep_dir, self.runs, self.wandb_mode)
+        return PackTask(self.sweep_dir, self.runs, self.wandb_mode, self.pack)
 
 
 class AgentTask:
