@@ -2,18 +2,12 @@
 
 The sweep file's runs are those of ``sweep local`` (:class:`lightning_mem.sweeps.runner.LocalSweep`: the
 same run ids, command lines and run folders ``<root>/<sweep name>/<run id>/``); each array task runs one
-of them, submitted through submitit's SLURM executor (no sbatch template of ours). The run folders are
-the truth: a task writes only its own run folder (and its claim), never the manifest; ``sweep status``
-derives the manifest and the counts from the run folders and ``squeue``.
-
-A task claims its run by ``os.mkdir(<sweep>/claims/<run id>)``: mkdir is one NFS call that either
-creates the folder or fails with EEXIST on the server, so two tasks of two submissions on two nodes
-cannot both win (``O_CREAT|O_EXCL`` was not atomic before NFSv3 and flock is not reliable on NFS). The
-claim holds the winner's SLURM job id; a claim whose job is no longer in ``squeue`` is stale and taken
-over. Resubmitting skips finished and diverged runs. Preemption: submitit's signal (``USR2`` unless
-``SUBMITIT_PREEMPT_SIGNAL`` says otherwise, sent ``--signal-delay`` seconds before ``--time`` or by
-``scancel --signal=USR2``) stops the fit with SIGTERM (it saves ``last.ckpt``) and requeues the task,
-which resumes the run with ``--ckpt_path last``.
+of them, or with ``--pack`` one pack of them as an ensemble process, submitted through submitit's SLURM
+executor (no sbatch template of ours). The run folders are the truth: a task
+(:mod:`lightning_mem.sweeps.slurmtask`: its claims, preemption and requeue) writes only its own run
+folders and claims, never the manifest; ``sweep status`` derives the manifest and the counts from the run
+folders and ``squeue``. Resubmitting skips finished and diverged runs and those a queued job holds.
+``sweep agents SWEEP_ID --slurm`` (:func:`cmd_agents_slurm`) submits one ``wandb agent`` per array task.
 """
 
 from __future__ import annotations
