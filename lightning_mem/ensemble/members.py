@@ -43,6 +43,7 @@ from lightning_mem.ensemble.plan import PACKABLE, PACKABLE_CONFIG
 from lightning_mem.ensemble.stacked import MemberSpec
 from lightning_mem.errors import PackError, StopAfterParsing
 from lightning_mem.nets import ScaledMLP
+from lightning_mem.training.grokking import GrokkingMonitor
 from lightning_mem.training.guard import DivergenceGuard, RunStatus
 from lightning_mem.training.loggers import RunCSVLogger, RunWandbLogger, wandb_run_config
 from lightning_mem.training.module import MemorizationModule
@@ -54,6 +55,7 @@ ENSEMBLE_CALLBACKS: dict[type, str] = {
     KernelMonitor: "EnsembleKernelMonitor (per member)",
     DivergenceGuard: "the ensemble's guard (per member, exact step)",
     RunStatus: "a status.json per member",
+    GrokkingMonitor: "EnsembleGrokkingMonitor (per member)",
 }
 LOGGERS: tuple[type, ...] = (RunCSVLogger, RunWandbLogger)  # one of each per member
 _OWN = ("net", "init_std", "input_shape", "num_classes", "lr", "loss_scale", "label_seed", "seed",
@@ -215,6 +217,7 @@ class PackSettings:
     checkpoints: bool
     tf32: bool
     kernel_monitor: Any = None  # the configured KernelMonitor, or None
+    grokking_monitor: Any = None  # the configured GrokkingMonitor, or None
 
 
 def _unsupported(
@@ -283,7 +286,7 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
             raise PackError(f"trainer.{key}={trainer[key]!r}: an ensemble trains on one device in FP32 with "
                             f"one batch per step (allowed: {', '.join(map(repr, allowed))}); run one "
                             "ensemble per device instead (`sweep local --pack --gpus ...`)")
-    monitor = kernel_monitor = None
+    monitor = kernel_monitor = grokking_monitor = None
     callbacks = members[0].cli.config_init["fit"]["trainer"].get("callbacks") or []
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
         if type(callback) not in ENSEMBLE_CALLBACKS:
@@ -295,6 +298,8 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
             monitor = callback
         if type(callback) is KernelMonitor:
             kernel_monitor = callback
+        if type(callback) is GrokkingMonitor:
+            grokking_monitor = callback
     loggers = trainer.get("logger")
     for entry in loggers if isinstance(loggers, list) else []:
         if _logger_class(entry) not in LOGGERS:
@@ -311,4 +316,5 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
         loss={"loss": model["loss"], "loss_scale_with_init": model["loss_scale_with_init"],
               "optimizer": model.get("optimizer", "sgd")},
         data=ensemble_data, trainer=trainer, monitor=monitor, checkpoints=checkpoints,
-        tf32=bool(config["precision"]["tf32"]), kernel_monitor=kernel_monitor)
+        tf32=bool(config["precision"]["tf32"]), kernel_monitor=kernel_monitor,
+        grokking_monitor=grokking_monitor)

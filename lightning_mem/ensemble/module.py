@@ -130,6 +130,7 @@ class EnsembleModule(L.LightningModule):
         self._label_noise = False
         self._step_loss: Tensor | None = None
         self._epoch_first_step = 0
+        self._epoch_extras: list[tuple[list[str], Tensor]] = []  # add_epoch_metrics, until the epoch end
 
     @property
     def num_members(self) -> int:
@@ -218,15 +219,26 @@ class EnsembleModule(L.LightningModule):
         s = self._train_sums
         values = torch.stack([s[:, 0] / s[:, 2], s[:, 1] / s[:, 2], s[:, 3] / s[:, 4], s[:, 5] / s[:, 6]], 1)
         n = 4 if self._label_noise else 2
-        record = torch.cat([values[:, :n], self.alive[:, None], self.diverged_step[:, None]], 1)
+        extra_keys = [key for keys, _ in self._epoch_extras for key in keys]
+        extras = [v.to(values) for _, v in self._epoch_extras]
+        self._epoch_extras = []
+        record = torch.cat([values[:, :n], *extras, self.alive[:, None], self.diverged_step[:, None]], 1)
         host = record.double().cpu().tolist()  # the one host sync of the epoch end
         step, epoch = max(self.trainer.global_step - 1, 0), self.trainer.current_epoch
+        m = n + len(extra_keys)
         for k, row in enumerate(host):
-            alive, bad_step = row[n], int(row[n + 1])
+            alive, bad_step = row[m], int(row[m + 1])
             if alive:  # NaN kept, as MemorizationModule logs it (e.g. train/acc_clean with no clean label)
-                self._write(k, dict(zip(metric_keys.TRAIN_KEYS[:n], row[:n], strict=True)), step, epoch)
+                logged = dict(zip(metric_keys.TRAIN_KEYS[:n], row[:n], strict=True))
+                logged |= {key: v for key, v in zip(extra_keys, row[n:m], strict=True) if not math.isnan(v)}
+                self._write(k, logged, step, epoch)
             elif bad_step >= self._epoch_first_step:  # diverged in this epoch: the guard's row, then silence
                 self._write(k, {"diverged": 1.0, "diverged_step": float(bad_step)}, bad_step, epoch)
+
+    def add_epoch_metrics(self, keys: list[str], values: Tensor) -> None:
+        """Values (K, len(keys)) for this epoch's train row of each member (a callback's ``self.log`` at the
+        train epoch end lands in that row in a single run); NaN values are left out of the row."""
+        self._epoch_extras.append((list(keys), values.detach()))
 
     def _eval_step(self, batch: tuple[Tensor, ...]) -> None:
         x, y = batch[0], batch[1]  # one held-out batch shared by all members

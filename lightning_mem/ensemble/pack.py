@@ -135,6 +135,13 @@ class Pack:
         configured = self.settings.kernel_monitor
         return [] if configured is None else [EnsembleKernelMonitor.from_monitor(configured)]
 
+    def _grokking_monitor(self) -> list[L.Callback]:
+        from lightning_mem.ensemble.grokking import EnsembleGrokkingMonitor
+
+        configured = self.settings.grokking_monitor
+        folders = [None if rider else m.run_dir for m, rider in zip(self.members, self.riders, strict=True)]
+        return [] if configured is None else [EnsembleGrokkingMonitor.from_monitor(configured, folders)]
+
     def fit(self, callbacks: Sequence[L.Callback] = ()) -> int:
         """Train; 0 if every member finished, 3 if one diverged, 143 on SIGTERM (see ``ensemble_cli``)."""
         wandb_runs: list[Any] = []
@@ -163,7 +170,8 @@ class Pack:
                     self.module, self.data, member_loggers=loggers, monitor=self.monitor,
                     checkpoint_dir=self.pack_dir / rundir.CHECKPOINTS if keep else None,
                     member_checkpoint_dirs=member_ckpts,
-                    ckpt_path=self.ckpt, callbacks=[status, *self._kernel_monitor(), *callbacks],
+                    ckpt_path=self.ckpt,
+                    callbacks=[status, *self._kernel_monitor(), *self._grokking_monitor(), *callbacks],
                     default_root_dir=str(self.pack_dir),
                     **self.settings.trainer)
             ok = True
