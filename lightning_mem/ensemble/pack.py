@@ -36,6 +36,7 @@ from lightning_mem.ensemble.members import Member, PackError, PackSettings, pack
 from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
 from lightning_mem.ensemble.plan import write_pack
+from lightning_mem.ensemble.stacked import MemberSpec
 from lightning_mem.ensemble.train import MemberStatus, build_ensemble, fit_ensemble
 from lightning_mem.errors import EXIT_DIVERGED, EXIT_SIGTERM
 from lightning_mem.training.checkpoints import load_checkpoint
@@ -195,6 +196,8 @@ def _resume_state(ckpt: Path, members: Sequence[Member]) -> tuple[tuple[int, int
     state = load_checkpoint(ckpt)
     saved = (state.get("hyper_parameters") or {}).get("members")
     wanted = [asdict(m.spec) for m in members]
+    with contextlib.suppress(TypeError, ValueError):  # written before the optimizer fields: their defaults
+        saved = [asdict(MemberSpec(**m)) for m in saved or []] or saved
     if saved != wanted:
         raise PackError(f"--ckpt_path {ckpt}: the checkpoint's ensemble has the members {saved}, these are "
                         f"{wanted}; resume with the members that wrote it")
