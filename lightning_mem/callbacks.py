@@ -7,7 +7,7 @@
   record how the run ended in ``status.json``.
 - :class:`CheckpointPublisher` (:mod:`lightning_mem.training.checkpoints`): checkpoints written atomically.
 - :class:`EnsembleAlignmentMonitor` (:mod:`lightning_mem.ensemble.monitor`), :class:`EnsembleKernelMonitor`,
-  :class:`MemberCheckpoint`,
+  :class:`EnsembleGrokkingMonitor` (:mod:`lightning_mem.ensemble.grokking`), :class:`MemberCheckpoint`,
   :class:`MemberStatus` (:mod:`lightning_mem.ensemble.train`): the same for every member of an ensemble.
 - :class:`ConfigToRun` (:mod:`lightning_mem.cli.fit`): the CLI's config saver that claims the run folder.
 """
@@ -15,6 +15,7 @@
 from lightning_mem.alignment.kernel_monitor import KernelMonitor
 from lightning_mem.alignment.monitor import AlignmentMonitor
 from lightning_mem.cli.fit import ConfigToRun
+from lightning_mem.ensemble.grokking import EnsembleGrokkingMonitor
 from lightning_mem.ensemble.kernel_monitor import EnsembleKernelMonitor
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
 from lightning_mem.ensemble.train import MemberCheckpoint, MemberStatus
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigToRun",
     "DivergenceGuard",
     "EnsembleAlignmentMonitor",
+    "EnsembleGrokkingMonitor",
     "EnsembleKernelMonitor",
     "GrokkingMonitor",
     "KernelMonitor",

@@ -47,6 +47,11 @@ def draw(
     if kind in ("theorem1", "sharpness"):
         (plot_theorem1 if kind == "theorem1" else plot_sharpness)(ns.csv(sweeps), path)
         return
+    if kind == "grokking":  # tools/docs_grokking.py's curves.csv
+        from docs_grokking import plot_grokking
+
+        plot_grokking(ns.csv(sweeps), path)
+        return
     runs = ns.stored_runs(sweeps, where=where)
     layout, keys = Layout.of(runs, by), Keys.of(runs)
     if kind in VS_SIGMA:
@@ -71,7 +76,7 @@ def draw(
     else:
         raise FigureError(
             f"figure kind {kind!r} is not known; allowed: curves, alignment_curves, acc_vs_alignment, "
-            f"{', '.join(VS_SIGMA)}, theorem1, sharpness"
+            f"{', '.join(VS_SIGMA)}, theorem1, sharpness, grokking"
         )
     if not made:
         raise FigureError(f"figure {path.name}: the data of {sweeps} lack its metrics")

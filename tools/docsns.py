@@ -305,6 +305,12 @@ class Namespace:
             if r["stderr"] > 0
         )
 
+    def grokking_table(self, path: str) -> str:
+        """One row per member of a grokking run's members.csv (tools/docs_grokking.py)."""
+        from docs_grokking import member_table
+
+        return member_table(self.csv(path))
+
     def config(self, path: str, dotted: str) -> Any:
         """A value of a YAML config of this checkout: ``config('configs/repro/mnist.yaml', 'model.lr')``."""
         import yaml

@@ -24,7 +24,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,11 @@ from lightning_mem.cli.run import build_cli
 from lightning_mem.cli.runfolder import RUN_ID_ENV
 from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.dotted import flatten
-from lightning_mem.ensemble.plan import PACKABLE_CONFIG
+from lightning_mem.ensemble.plan import PACKABLE, PACKABLE_CONFIG
 from lightning_mem.ensemble.stacked import MemberSpec
 from lightning_mem.errors import PackError, StopAfterParsing
 from lightning_mem.nets import ScaledMLP
+from lightning_mem.training.grokking import GrokkingMonitor
 from lightning_mem.training.guard import DivergenceGuard, RunStatus
 from lightning_mem.training.loggers import RunCSVLogger, RunWandbLogger, wandb_run_config
 from lightning_mem.training.module import MemorizationModule
@@ -54,9 +55,11 @@ ENSEMBLE_CALLBACKS: dict[type, str] = {
     KernelMonitor: "EnsembleKernelMonitor (per member)",
     DivergenceGuard: "the ensemble's guard (per member, exact step)",
     RunStatus: "a status.json per member",
+    GrokkingMonitor: "EnsembleGrokkingMonitor (per member)",
 }
 LOGGERS: tuple[type, ...] = (RunCSVLogger, RunWandbLogger)  # one of each per member
-_OWN = ("net", "init_std", "input_shape", "num_classes", "lr", "loss_scale", "label_seed", "seed")
+_OWN = ("net", "init_std", "input_shape", "num_classes", "lr", "loss_scale", "label_seed", "seed",
+        "init_scale", "weight_decay", "momentum", "betas")
 
 
 class MemberCLI(MemCLI):
@@ -104,8 +107,11 @@ class Member:
     @property
     def spec(self) -> MemberSpec:
         c = self.config
-        return MemberSpec(c.seed_everything, c.model.net.init_args.init_std, lr=c.model.lr,
-                          loss_scale=c.model.loss_scale, label_seed=c.data.label_seed)
+        net = c.model.net.init_args
+        return MemberSpec(c.seed_everything, net.init_std, lr=c.model.lr, loss_scale=c.model.loss_scale,
+                          label_seed=c.data.label_seed, init_scale=net.get("init_scale", 1.0),
+                          weight_decay=c.model.weight_decay, momentum=c.model.momentum,
+                          betas=tuple(c.model.betas))
 
     def hparams(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The module's and the data's hyperparameters, as the single run's checkpoint holds them."""
@@ -172,8 +178,9 @@ def _own_paths(member: Member) -> dict[str, Any]:
     config = member.config.as_dict()
     config.pop("config", None)  # the --config files: each member may have its own (a sweep's args.json)
     flat = flatten(config)
-    for key in ("data.seed", *PACKABLE_CONFIG):  # data.seed: linked from seed_everything
-        flat.pop(key, None)
+    for key in list(flat):  # data.seed: linked from seed_everything; a list (betas) flattens to key.0, key.1
+        if key == "data.seed" or key in PACKABLE_CONFIG or key.rpartition(".")[0] in PACKABLE_CONFIG:
+            flat.pop(key)
     return {key: generic(value) for key, value in flat.items()}
 
 
@@ -210,6 +217,7 @@ class PackSettings:
     checkpoints: bool
     tf32: bool
     kernel_monitor: Any = None  # the configured KernelMonitor, or None
+    grokking_monitor: Any = None  # the configured GrokkingMonitor, or None
 
 
 def _unsupported(
@@ -226,10 +234,11 @@ def _check_distinct(members: Sequence[Member]) -> None:
     trained twice into two folders: :class:`PackError` naming both and their values."""
     seen: dict[tuple[str, ...], str] = {}
     for m in members:
-        flat = flatten(m.config.as_dict())
-        values = tuple(repr(flat.get(key)) for key in PACKABLE_CONFIG)
+        spec = asdict(m.spec)  # its fields are PACKABLE's, read from the parsed config
+        values = tuple(repr(spec[name]) for name in PACKABLE)
         if values in seen:
-            shown = ", ".join(f"{key}={value}" for key, value in zip(PACKABLE_CONFIG, values, strict=True))
+            pairs = zip(PACKABLE, values, strict=True)
+            shown = ", ".join(f"{PACKABLE[name][1]}={value}" for name, value in pairs)
             raise PackError(f"members {seen[values]} and {m.run_id} are the same run ({shown}): give each "
                             "value once (every member of an ensemble must differ from the others)")
         seen[values] = m.run_id
@@ -258,8 +267,12 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
                for m in members):
         raise PackError("seed_everything must be an integer seed for every member of an ensemble")
     net_args, model, data = net.get("init_args") or {}, config["model"], config["data"]
-    _unsupported("model.net.init_args", net_args, _defaults(ScaledMLP), ("width", "activation"))
-    _unsupported("model", model, _defaults(MemorizationModule), ("loss", "loss_scale_with_init"))
+    shared_net = ("width", "activation", "depth", "bias", "init_rule")
+    _unsupported("model.net.init_args", net_args, _defaults(ScaledMLP), shared_net)
+    if model.get("steps_per_call", 1) != 1:
+        raise PackError(f"model.steps_per_call={model['steps_per_call']!r}: an ensemble has no fused step "
+                        "(it runs one stacked step per batch for all members); set steps_per_call 1")
+    _unsupported("model", model, _defaults(MemorizationModule), ("loss", "loss_scale_with_init", "optimizer"))
     from lightning_mem.ensemble.data import EnsembleData
 
     data_keys = [k for k in inspect.signature(EnsembleData).parameters if k != "members"]
@@ -273,7 +286,7 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
             raise PackError(f"trainer.{key}={trainer[key]!r}: an ensemble trains on one device in FP32 with "
                             f"one batch per step (allowed: {', '.join(map(repr, allowed))}); run one "
                             "ensemble per device instead (`sweep local --pack --gpus ...`)")
-    monitor = kernel_monitor = None
+    monitor = kernel_monitor = grokking_monitor = None
     callbacks = members[0].cli.config_init["fit"]["trainer"].get("callbacks") or []
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
         if type(callback) not in ENSEMBLE_CALLBACKS:
@@ -285,6 +298,8 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
             monitor = callback
         if type(callback) is KernelMonitor:
             kernel_monitor = callback
+        if type(callback) is GrokkingMonitor:
+            grokking_monitor = callback
     loggers = trainer.get("logger")
     for entry in loggers if isinstance(loggers, list) else []:
         if _logger_class(entry) not in LOGGERS:
@@ -295,7 +310,11 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
         trainer.pop(key, None)
     ensemble_data = {k: v for k, v in data.items() if k in data_keys}
     return PackSettings(
-        net={"width": net_args.get("width", 1024), "activation": net_args.get("activation", "sin")},
-        loss={"loss": model["loss"], "loss_scale_with_init": model["loss_scale_with_init"]},
+        net={"width": net_args.get("width", 1024), "activation": net_args.get("activation", "sin"),
+             "depth": net_args.get("depth", 1), "bias": net_args.get("bias", False),
+             "init_rule": net_args.get("init_rule", "glorot")},
+        loss={"loss": model["loss"], "loss_scale_with_init": model["loss_scale_with_init"],
+              "optimizer": model.get("optimizer", "sgd")},
         data=ensemble_data, trainer=trainer, monitor=monitor, checkpoints=checkpoints,
-        tf32=bool(config["precision"]["tf32"]), kernel_monitor=kernel_monitor)
+        tf32=bool(config["precision"]["tf32"]), kernel_monitor=kernel_monitor,
+        grokking_monitor=grokking_monitor)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lightning_mem import metric_keys
 from lightning_mem.checks import check_choice
+from lightning_mem.ensemble.optim import MemberOptimizer, MemberOptimizerName
 from lightning_mem.ensemble.stacked import MemberSGD, MemberSpec, StackedMLP
 from lightning_mem.training.guard import divergence_message
 from lightning_mem.training.losses import LOSSES
@@ -49,10 +50,17 @@ class EnsembleModule(L.LightningModule):
         members: The members in the order of ``net`` (their σ must match ``net.init_stds``).
         loss: Per-example loss: cross_entropy, hinge or squared.
         loss_scale_with_init: Multiply each member's loss scale by its σ (as ``MemorizationModule``).
+        optimizer: ``sgd``, ``adam`` or ``adamw``, shared by the members; each member's lr, weight decay,
+            momentum and betas are its own (:class:`~lightning_mem.ensemble.optim.MemberOptimizer`, with
+            per-member state; plain SGD without momentum or decay: :class:`MemberSGD`, bitwise torch's).
     """
 
     net: StackedMLP
     lr: Tensor  # (K,) per-member learning rates
+    weight_decay: Tensor  # (K,) float64, as the next three
+    momentum: Tensor
+    beta1: Tensor
+    beta2: Tensor
     alive: Tensor  # (K,) bool: still training
     diverged_step: Tensor  # (K,) the step whose loss or gradient was non-finite, −1 while alive
     diverged_epoch: Tensor
@@ -64,10 +72,13 @@ class EnsembleModule(L.LightningModule):
 
     def __init__(
         self, net: StackedMLP, members: Sequence[MemberSpec], loss: LossName = "cross_entropy",
-        loss_scale_with_init: bool = False,
+        loss_scale_with_init: bool = False, optimizer: MemberOptimizerName = "sgd",
     ) -> None:
         super().__init__()
         check_choice("loss", loss, get_args(LossName))
+        check_choice("optimizer", optimizer, get_args(MemberOptimizerName))
+        if optimizer != "sgd" and any(m.momentum for m in members):
+            raise ValueError(f"momentum is SGD's; optimizer={optimizer!r} has betas instead: set momentum 0")
         self.members = list(members)
         if [m.init_std for m in self.members] != net.init_stds:
             raise ValueError(f"members have init_std {[m.init_std for m in self.members]} but the net was "
@@ -82,14 +93,21 @@ class EnsembleModule(L.LightningModule):
                 scales.append(m.loss_scale * float(m.init_std))  # MemorizationModule's product, bit for bit
         self.save_hyperparameters({
             "members": [asdict(m) for m in self.members], "loss": loss,
-            "loss_scale_with_init": loss_scale_with_init,
+            "loss_scale_with_init": loss_scale_with_init, "optimizer": optimizer,
             "net": {"input_shape": list(net.input_shape), "num_classes": net.num_classes, "width": net.width,
-                    "activation": net.activation},
+                    "activation": net.activation, "depth": net.depth, "bias": net.bias,
+                    "init_rule": net.init_rule},
         })
+        self.optimizer_name = optimizer
         self.net = net
         self.loss_name, self.loss_scale_with_init, self.loss_scales = loss, loss_scale_with_init, scales
         K = len(self.members)
         self.register_buffer("lr", torch.tensor([m.lr for m in self.members]), persistent=False)
+        for name, values in (("weight_decay", [m.weight_decay for m in self.members]),
+                             ("momentum", [m.momentum for m in self.members]),
+                             ("beta1", [m.betas[0] for m in self.members]),
+                             ("beta2", [m.betas[1] for m in self.members])):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float64), persistent=False)
         self.register_buffer("alive", torch.ones(K, dtype=torch.bool))
         self.register_buffer("diverged_step", torch.full((K,), -1, dtype=torch.long))
         self.register_buffer("diverged_epoch", torch.full((K,), -1, dtype=torch.long))
@@ -112,6 +130,7 @@ class EnsembleModule(L.LightningModule):
         self._label_noise = False
         self._step_loss: Tensor | None = None
         self._epoch_first_step = 0
+        self._epoch_extras: list[tuple[list[str], Tensor]] = []  # add_epoch_metrics, until the epoch end
 
     @property
     def num_members(self) -> int:
@@ -165,7 +184,12 @@ class EnsembleModule(L.LightningModule):
             g.masked_fill_(~ok.view(-1, *[1] * (g.dim() - 1)), 0.0)  # W − lr·0 = W: frozen bitwise
 
     def configure_optimizers(self) -> Any:
-        return MemberSGD(list(self.net.parameters()), lr=self.lr)
+        params = list(self.net.parameters())
+        stateless = not any(m.weight_decay or m.momentum for m in self.members)
+        if self.optimizer_name == "sgd" and stateless:
+            return MemberSGD(params, lr=self.lr)  # the paper's plain SGD, bitwise torch's
+        return MemberOptimizer(params, self.optimizer_name, self.lr, self.weight_decay, self.momentum,
+                               self.beta1, self.beta2, active=self.alive)
 
     # ------------------------------------------------------------------ epoch ends
 
@@ -195,15 +219,26 @@ class EnsembleModule(L.LightningModule):
         s = self._train_sums
         values = torch.stack([s[:, 0] / s[:, 2], s[:, 1] / s[:, 2], s[:, 3] / s[:, 4], s[:, 5] / s[:, 6]], 1)
         n = 4 if self._label_noise else 2
-        record = torch.cat([values[:, :n], self.alive[:, None], self.diverged_step[:, None]], 1)
+        extra_keys = [key for keys, _ in self._epoch_extras for key in keys]
+        extras = [v.to(values) for _, v in self._epoch_extras]
+        self._epoch_extras = []
+        record = torch.cat([values[:, :n], *extras, self.alive[:, None], self.diverged_step[:, None]], 1)
         host = record.double().cpu().tolist()  # the one host sync of the epoch end
         step, epoch = max(self.trainer.global_step - 1, 0), self.trainer.current_epoch
+        m = n + len(extra_keys)
         for k, row in enumerate(host):
-            alive, bad_step = row[n], int(row[n + 1])
+            alive, bad_step = row[m], int(row[m + 1])
             if alive:  # NaN kept, as MemorizationModule logs it (e.g. train/acc_clean with no clean label)
-                self._write(k, dict(zip(metric_keys.TRAIN_KEYS[:n], row[:n], strict=True)), step, epoch)
+                logged = dict(zip(metric_keys.TRAIN_KEYS[:n], row[:n], strict=True))
+                logged |= {key: v for key, v in zip(extra_keys, row[n:m], strict=True) if not math.isnan(v)}
+                self._write(k, logged, step, epoch)
             elif bad_step >= self._epoch_first_step:  # diverged in this epoch: the guard's row, then silence
                 self._write(k, {"diverged": 1.0, "diverged_step": float(bad_step)}, bad_step, epoch)
+
+    def add_epoch_metrics(self, keys: list[str], values: Tensor) -> None:
+        """Values (K, len(keys)) for this epoch's train row of each member (a callback's ``self.log`` at the
+        train epoch end lands in that row in a single run); NaN values are left out of the row."""
+        self._epoch_extras.append((list(keys), values.detach()))
 
     def _eval_step(self, batch: tuple[Tensor, ...]) -> None:
         x, y = batch[0], batch[1]  # one held-out batch shared by all members
@@ -286,8 +321,8 @@ class EnsembleModule(L.LightningModule):
             return dict(self.member_records[k][0])
         m = self.members[k]
         return {"loss": self.loss_name, "loss_scale": m.loss_scale,
-                "loss_scale_with_init": self.loss_scale_with_init, "lr": m.lr, "momentum": 0.0,
-                "weight_decay": 0.0}
+                "loss_scale_with_init": self.loss_scale_with_init, "lr": m.lr, "momentum": m.momentum,
+                "weight_decay": m.weight_decay, "optimizer": self.optimizer_name, "betas": m.betas}
 
     def member_state_dict(self, k: int) -> dict[str, Tensor]:
         """Member k's weights as a ``MemorizationModule`` state dict (``net.hidden.weight``, ...)."""
@@ -313,7 +348,12 @@ class EnsembleModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters", {})
-        for key in ("members", "loss", "loss_scale_with_init", "net"):
+        if "members" in saved:  # written before the members had optimizer fields: those are the defaults
+            saved = {**saved, "members": [asdict(MemberSpec(**m)) for m in saved["members"]]}
+        if "net" in saved:
+            saved = {**saved, "net": {"depth": 1, "bias": False, "init_rule": "glorot", **saved["net"]}}
+        saved = {"optimizer": "sgd", **saved}
+        for key in ("members", "loss", "loss_scale_with_init", "net", "optimizer"):
             if key in saved and saved[key] != self.hparams[key]:
                 raise ValueError(f"the checkpoint's ensemble has {key}={saved[key]!r} but this one has "
                                  f"{self.hparams[key]!r}; resume with the ensemble that wrote it")

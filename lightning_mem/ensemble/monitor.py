@@ -128,7 +128,8 @@ class EnsembleAlignmentMonitor(L.Callback):
 
     Measures when ``global_step % every_n_steps == 0`` and logs, per member through
     ``EnsembleModule.log_members`` (one host transfer for all members, at ``step = global_step`` with
-    the epoch): ``align/grad/hidden.weight``, ``align/grad/out.weight``, ``align/grad/logits``,
+    the epoch): ``align/grad/<layer>.weight`` (and ``.bias`` with biases) of every stacked layer
+    (``hidden``, ``deep.<i>``, ``out``), ``align/grad/logits``,
     ``align/rep/act``, ``norm/grad_over_weight/<param>``; after each validation epoch
     ``val/align/rep/act`` at the step of that epoch's ``val/acc``. With ``per_class`` also
     ``.../class_<c>``; with ``comparison_measures`` ``diversity/``, ``stiffness/``, ``confusion/``
@@ -235,6 +236,8 @@ class EnsembleAlignmentMonitor(L.Callback):
                 k_a = rep if rep is not None and _same(a, feats) else member_grams(gather_blocks(a, rows))
                 k_g = member_grams(gather_blocks(g, rows))
                 factors[f"{name}.weight"] = (k_a, k_g)
+                if capture.layers[name].bias is not None:  # per-example ∂b = g_i: its Gram is G Gᵀ
+                    factors[f"{name}.bias"] = (k_g,)
                 if name == "out":  # the net's output: its gradient is the logits' gradient
                     factors["logits"] = (k_g,)
         if rep is not None:

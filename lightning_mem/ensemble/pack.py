@@ -36,6 +36,7 @@ from lightning_mem.ensemble.members import Member, PackError, PackSettings, pack
 from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
 from lightning_mem.ensemble.plan import write_pack
+from lightning_mem.ensemble.stacked import MemberSpec
 from lightning_mem.ensemble.train import MemberStatus, build_ensemble, fit_ensemble
 from lightning_mem.errors import EXIT_DIVERGED, EXIT_SIGTERM
 from lightning_mem.training.checkpoints import load_checkpoint
@@ -135,6 +136,13 @@ class Pack:
         configured = self.settings.kernel_monitor
         return [] if configured is None else [EnsembleKernelMonitor.from_monitor(configured)]
 
+    def _grokking_monitor(self) -> list[L.Callback]:
+        from lightning_mem.ensemble.grokking import EnsembleGrokkingMonitor
+
+        configured = self.settings.grokking_monitor
+        folders = [None if rider else m.run_dir for m, rider in zip(self.members, self.riders, strict=True)]
+        return [] if configured is None else [EnsembleGrokkingMonitor.from_monitor(configured, folders)]
+
     def fit(self, callbacks: Sequence[L.Callback] = ()) -> int:
         """Train; 0 if every member finished, 3 if one diverged, 143 on SIGTERM (see ``ensemble_cli``)."""
         wandb_runs: list[Any] = []
@@ -163,7 +171,8 @@ class Pack:
                     self.module, self.data, member_loggers=loggers, monitor=self.monitor,
                     checkpoint_dir=self.pack_dir / rundir.CHECKPOINTS if keep else None,
                     member_checkpoint_dirs=member_ckpts,
-                    ckpt_path=self.ckpt, callbacks=[status, *self._kernel_monitor(), *callbacks],
+                    ckpt_path=self.ckpt,
+                    callbacks=[status, *self._kernel_monitor(), *self._grokking_monitor(), *callbacks],
                     default_root_dir=str(self.pack_dir),
                     **self.settings.trainer)
             ok = True
@@ -187,6 +196,8 @@ def _resume_state(ckpt: Path, members: Sequence[Member]) -> tuple[tuple[int, int
     state = load_checkpoint(ckpt)
     saved = (state.get("hyper_parameters") or {}).get("members")
     wanted = [asdict(m.spec) for m in members]
+    with contextlib.suppress(TypeError, ValueError):  # written before the optimizer fields: their defaults
+        saved = [asdict(MemberSpec(**m)) for m in saved or []] or saved
     if saved != wanted:
         raise PackError(f"--ckpt_path {ckpt}: the checkpoint's ensemble has the members {saved}, these are "
                         f"{wanted}; resume with the members that wrote it")

@@ -12,9 +12,9 @@ A run can join a pack when
   net that cannot be read this way runs alone, as without ``--pack``.
 
 Runs whose parameters are equal except for the packable keys (:data:`PACKABLE_PARAMS`: σ, seed, lr, loss
-scale, label seed) form a group; :func:`plan_packs` cuts each group into packs of at most ``pack_size``
-members and, when there are fewer packs than parallel slots, splits the largest ones so that every slot
-gets work. A pack of one member is an ordinary single run.
+scale, label seed, α, weight decay, momentum, betas) form a group; :func:`plan_packs` cuts each group into
+packs of at most ``pack_size`` members and, when there are fewer packs than parallel slots, splits the
+largest ones so that every slot gets work. A pack of one member is an ordinary single run.
 
 A pack's folder ``<sweep folder>/<pack id>/`` holds ``pack.json`` (each member's run id and ``fit``
 arguments), the ensemble's checkpoints (``checkpoints/``, which resume it) and its ``output.log``; it has
@@ -44,10 +44,15 @@ PACKABLE = {
     "lr": ("--model.lr", "model.lr"),
     "loss_scale": ("--model.loss_scale", "model.loss_scale"),
     "label_seed": ("--data.label_seed", "data.label_seed"),
+    "init_scale": ("--model.net.init_scale", "model.net.init_args.init_scale"),
+    "weight_decay": ("--model.weight_decay", "model.weight_decay"),
+    "momentum": ("--model.momentum", "model.momentum"),
+    "betas": ("--model.betas", "model.betas"),
 }
 # Derived views: ``--ensemble.<field>`` -> fit option; dotted keys a sweep parameter (or a stored config)
 # may use -> field; the parsed config's keys.
-ENSEMBLE_KEYS = {field: option for field, (option, _) in PACKABLE.items()}
+# (``betas`` is a pair: packable from a sweep's parameters, not listed by ``--ensemble.<key> v1,v2``.)
+ENSEMBLE_KEYS = {field: option for field, (option, _) in PACKABLE.items() if field != "betas"}
 PACKABLE_PARAMS = {key: field for field, (option, stored) in PACKABLE.items() for key in (option[2:], stored)}
 PACKABLE_CONFIG = tuple(stored for _, stored in PACKABLE.values())
 # The one architecture an ensemble stacks, as a command line or YAML may name it before anything is parsed

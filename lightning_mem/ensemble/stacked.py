@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from lightning_mem.checks import check_choice
 from lightning_mem.nets import ACTIVATIONS, Activation, ScaledMLP, check_init_std
+from lightning_mem.nets.paper import InitRule
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class MemberSpec:
         lr: SGD learning rate.
         loss_scale: The loss knob (temperature, margin, target scale), before ``loss_scale_with_init``.
         label_seed: Seed of the random labels; None uses ``seed``.
+        init_scale: α multiplying every parameter after its init (``ScaledMLP``'s ``init_scale``).
+        weight_decay: The optimizer's weight decay (L2 for sgd and adam, decoupled for adamw).
+        momentum: SGD's momentum.
+        betas: Adam's (β1, β2).
     """
 
     seed: int
@@ -58,19 +63,32 @@ class MemberSpec:
     lr: float = 0.01
     loss_scale: float = 1.0
     label_seed: int | None = None
+    init_scale: float = 1.0
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self) -> None:
         for name, seed in (("seed", self.seed), ("label_seed", self.label_seed)):
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
                 raise ValueError(f"member {name}={seed!r} must be an integer >= 0")
         check_init_std(self.init_std)
-        for name, value in (("lr", self.lr), ("loss_scale", self.loss_scale)):
+        positive = (("lr", self.lr), ("loss_scale", self.loss_scale), ("init_scale", self.init_scale))
+        for name, value in positive:
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"member {name}={value!r} must be a positive finite number")
+        for name, value in (("weight_decay", self.weight_decay), ("momentum", self.momentum)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"member {name}={value!r} must be a finite number >= 0")
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"member betas={self.betas!r} must be two numbers in [0, 1)")
+        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
 
 
 def member_net(
-    member: MemberSpec, input_shape: Sequence[int], num_classes: int, width: int, activation: Activation
+    member: MemberSpec, input_shape: Sequence[int], num_classes: int, width: int, activation: Activation,
+    depth: int = 1, bias: bool = False, init_rule: InitRule = "glorot",
 ) -> ScaledMLP:
     """The network the single run of ``member`` starts from: its init after ``seed_everything(seed)``.
 
@@ -79,7 +97,8 @@ def member_net(
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(member.seed)  # what seed_everything does to the generator that inits the weights
-        return ScaledMLP(input_shape, num_classes, width, activation, member.init_std)
+        return ScaledMLP(input_shape, num_classes, width, activation, member.init_std, depth=depth, bias=bias,
+                         init_scale=member.init_scale, init_rule=init_rule)
 
 
 class _StackedLinear(torch.autograd.Function):
@@ -102,17 +121,21 @@ class _StackedLinear(torch.autograd.Function):
 
 
 class StackedLinear(nn.Module):
-    """K bias-free linear layers, ``weight`` (K, out, in); input (K, B, in), or (B, in) shared by all."""
+    """K linear layers, ``weight`` (K, out, in) and with ``bias`` a ``bias`` (K, out); input (K, B, in), or
+    (B, in) shared by all."""
 
-    def __init__(self, members: int, in_features: int, out_features: int) -> None:
+    def __init__(self, members: int, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(members, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(members, out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2:  # one input for every member (evaluation): one matmul against all K weights
             K, out, _ = self.weight.shape
-            return (x @ self.weight.flatten(0, 1).T).view(len(x), K, out).transpose(0, 1)  # (K, B, out)
-        return _StackedLinear.apply(x, self.weight)
+            y = (x @ self.weight.flatten(0, 1).T).view(len(x), K, out).transpose(0, 1)  # (K, B, out)
+        else:
+            y = _StackedLinear.apply(x, self.weight)
+        return y if self.bias is None else y + self.bias[:, None, :]  # ∂b_k = Σ_B G_k (autograd's sum)
 
 
 class StackedMLP(nn.Module):
@@ -128,7 +151,8 @@ class StackedMLP(nn.Module):
 
     def __init__(
         self, input_shape: Sequence[int], num_classes: int, width: int, activation: Activation,
-        init_stds: Sequence[float | None],
+        init_stds: Sequence[float | None], depth: int = 1, bias: bool = False, init_rule: InitRule = "glorot",
+        init_scales: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         check_choice("activation", activation, get_args(Activation))
@@ -137,23 +161,33 @@ class StackedMLP(nn.Module):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes, self.width, self.activation = num_classes, width, activation
         self.init_stds = list(init_stds)
-        d = math.prod(self.input_shape)
-        self.hidden = StackedLinear(len(self.init_stds), d, width)  # W1
+        self.depth, self.bias, self.init_rule = depth, bool(bias), init_rule
+        scales = [1.0] * len(self.init_stds) if init_scales is None else init_scales
+        self.init_scales = [float(a) for a in scales]
+        d, K = math.prod(self.input_shape), len(self.init_stds)
+        self.hidden = StackedLinear(K, d, width, self.bias)  # W1
+        layers: list[nn.Module] = []
+        for _ in range(depth - 1):  # ScaledMLP's ``deep``: (φ, W) pairs, the same parameter names
+            layers += [ACTIVATIONS[activation](), StackedLinear(K, width, width, self.bias)]
+        self.deep = nn.Sequential(*layers)
         self.act = ACTIVATIONS[activation]()
-        self.out = StackedLinear(len(self.init_stds), width, num_classes)  # W2
+        self.out = StackedLinear(K, width, num_classes, self.bias)  # W2
 
     @classmethod
     def from_members(
         cls, members: Sequence[MemberSpec], input_shape: Sequence[int], num_classes: int, width: int = 1024,
-        activation: Activation = "sin",
+        activation: Activation = "sin", depth: int = 1, bias: bool = False, init_rule: InitRule = "glorot",
     ) -> StackedMLP:
         """Member k's weights are bitwise those of ``ScaledMLP`` built after ``seed_everything(seed_k)``."""
-        net = cls(input_shape, num_classes, width, activation, [m.init_std for m in members])
+        net = cls(input_shape, num_classes, width, activation, [m.init_std for m in members], depth, bias,
+                  init_rule, [m.init_scale for m in members])
+        params = dict(net.named_parameters())
         with torch.no_grad():
             for k, member in enumerate(members):
-                single = member_net(member, input_shape, num_classes, width, activation)
-                net.hidden.weight[k].copy_(single.hidden.weight)
-                net.out.weight[k].copy_(single.out.weight)
+                single = member_net(member, input_shape, num_classes, width, activation, depth, bias,
+                                    init_rule)
+                for name, p in single.named_parameters():
+                    params[name][k].copy_(p)
         return net
 
     @property
@@ -162,7 +196,7 @@ class StackedMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(x.dim() - len(self.input_shape))  # (K, B, d) or (B, d)
-        return self.out(self.act(self.hidden(x)))  # (K, B, k)
+        return self.out(self.act(self.deep(self.hidden(x))))  # (K, B, k)
 
     def member_state_dict(self, k: int) -> dict[str, Tensor]:
         """Member k's weights under ScaledMLP's names (copies on the CPU)."""
@@ -170,7 +204,9 @@ class StackedMLP(nn.Module):
 
     def member(self, k: int) -> ScaledMLP:
         """A standalone ``ScaledMLP`` holding member k's current weights."""
-        net = ScaledMLP(self.input_shape, self.num_classes, self.width, self.activation, self.init_stds[k])
+        net = ScaledMLP(self.input_shape, self.num_classes, self.width, self.activation, self.init_stds[k],
+                        depth=self.depth, bias=self.bias, init_scale=self.init_scales[k],
+                        init_rule=self.init_rule)
         net.load_state_dict(self.member_state_dict(k))
         return net
 

@@ -28,8 +28,10 @@ from lightning_mem import rundir
 from lightning_mem.ensemble.data import EnsembleData
 from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
+from lightning_mem.ensemble.optim import MemberOptimizerName
 from lightning_mem.ensemble.stacked import MemberSpec, StackedMLP
 from lightning_mem.nets import Activation
+from lightning_mem.nets.paper import InitRule
 from lightning_mem.rundir import write_status
 
 # Dotted config keys of a single run that may differ between the members of one ensemble.
@@ -175,13 +177,15 @@ class MemberStatus(L.Callback):
 
 def build_ensemble(
     members: Sequence[MemberSpec], *, width: int = 1024, activation: Activation = "sin",
-    loss: str = "cross_entropy", loss_scale_with_init: bool = False, **data_kwargs: Any,
+    loss: str = "cross_entropy", loss_scale_with_init: bool = False, depth: int = 1, bias: bool = False,
+    init_rule: InitRule = "glorot", optimizer: MemberOptimizerName = "sgd", **data_kwargs: Any,
 ) -> tuple[EnsembleModule, EnsembleData]:
     """The system and data of an ensemble of ScaledMLP runs; ``data_kwargs`` are ``ImageClassificationData``'s
     (``dataset``, ``batch_size``, ``label_noise``, ``train_subset``, ...; no ``seed``/``label_seed``)."""
     data = EnsembleData(members, **data_kwargs)
-    net = StackedMLP.from_members(members, data.input_shape, data.num_classes, width, activation)
-    return EnsembleModule(net, members, loss, loss_scale_with_init), data  # type: ignore[arg-type]
+    net = StackedMLP.from_members(members, data.input_shape, data.num_classes, width, activation, depth, bias,
+                                  init_rule)
+    return EnsembleModule(net, members, loss, loss_scale_with_init, optimizer), data  # type: ignore[arg-type]
 
 
 def fit_ensemble(

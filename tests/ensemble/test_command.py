@@ -220,26 +220,24 @@ def test_a_crashed_ensemble_resumes_every_member_exactly(wild: Path, tmp_path: P
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--ensemble.width", "16,32"], "--ensemble.width: not a packable key; an ensemble's members may differ "
-     "in --ensemble.init_std, --ensemble.seed, --ensemble.lr, --ensemble.loss_scale, --ensemble.label_seed "
-     "only"),
+     "in --ensemble.init_std, --ensemble.seed, --ensemble.lr, --ensemble.loss_scale, --ensemble.label_seed, "
+     "--ensemble.init_scale, --ensemble.weight_decay, --ensemble.momentum only"),
     (["--ensemble.seed", ""], "--ensemble.seed '': give comma-separated values, e.g. --ensemble.seed 0,1 (an "
      "ensemble needs at least one member)"),
     (["--ensemble.seed", "0,,1"], "--ensemble.seed '0,,1': give comma-separated values"),
     (["--config", str(REPO / "configs/repro/convnet.yaml"), "--data.dataset", "mnist5k"],
      "model.net is lightning_mem.nets.ConvNet: an ensemble stacks lightning_mem.nets.ScaledMLP only"),
-    (["--model.momentum", "0.9"], "model.momentum=0.9: the ensemble does not support it (only 0.0)"),
-    (["--model.optimizer", "adamw"], "model.optimizer='adamw': the ensemble does not support it (only"),
-    (["--model.net.init_args.depth", "2"], "model.net.init_args.depth=2: the ensemble does not support it"),
-    (["--model.net.init_args.bias", "true"], "model.net.init_args.bias=True: the ensemble does not support"),
-    (["--model.net.init_args.init_scale", "8"], "model.net.init_args.init_scale=8.0: the ensemble does not"),
+    (["--model.steps_per_call", "2"], "model.steps_per_call=2: an ensemble has no fused step (it runs one "
+     "stacked step per batch for all members); set steps_per_call 1"),
     (["--trainer.accumulate_grad_batches", "2"], "trainer.accumulate_grad_batches=2: an ensemble trains on "
      "one device in FP32 with one batch per step"),
     (["--ckpt_path", "last"], "--ckpt_path last: no ensemble with a checkpoint under"),
     (["--ensemble.seed", "3,3"], "_seed3 are the same run (model.net.init_args.init_std=0.1, "
      "seed_everything=3, model.lr="),
     (["--ensemble.lr", "0.05,5e-2"], "are the same run (model.net.init_args.init_std=0.1, seed_everything=0, "
-     "model.lr=0.05, model.loss_scale=1.0, data.label_seed=None): give each value once"),
-], ids=["not-packable", "k-0", "empty-value", "convnet", "momentum", "adamw", "depth", "bias", "init-scale",
+     "model.lr=0.05, model.loss_scale=1.0, data.label_seed=None, model.net.init_args.init_scale=1.0, "
+     "model.weight_decay=0.0, model.momentum=0.0, model.betas=(0.9, 0.999)): give each value once"),
+], ids=["not-packable", "k-0", "empty-value", "convnet", "fused-step",
         "accumulate", "nothing-to-resume",
         "same-seed-twice", "same-lr-written-twice"])
 def test_bad_input_exits_2_and_writes_nothing(extra: list[str], message: str, tmp_path: Path,
@@ -264,8 +262,9 @@ def test_members_that_differ_in_other_keys_are_refused(tmp_path: Path,
     with caplog.at_level(logging.ERROR, logger="lightning_mem"):
         assert lm("ensemble", "fit", "--pack", str(pack)) == 2
     assert ("members m0 and m1 differ in model.net.init_args.width (16 vs 32); only "
-            "model.net.init_args.init_std, seed_everything, model.lr, model.loss_scale, data.label_seed may "
-            "differ") in caplog.text
+            "model.net.init_args.init_std, seed_everything, model.lr, model.loss_scale, data.label_seed, "
+            "model.net.init_args.init_scale, model.weight_decay, model.momentum, model.betas may differ"
+            ) in caplog.text
     assert not (tmp_path / "runs").exists() and sorted(p.name for p in pack.iterdir()) == ["pack.json"]
 
 

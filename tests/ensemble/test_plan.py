@@ -76,7 +76,8 @@ def test_runs_group_by_the_keys_that_are_not_packable() -> None:
     assert group_key(a) != group_key({**a, "model.loss": "hinge"})
     assert set(ensemble_plan.PACKABLE_PARAMS) == {
         "seed_everything", "model.net.init_std", "model.net.init_args.init_std", "model.lr",
-        "model.loss_scale", "data.label_seed"}
+        "model.loss_scale", "data.label_seed", "model.net.init_scale", "model.net.init_args.init_scale",
+        "model.weight_decay", "model.momentum", "model.betas"}
 
 
 @pytest.mark.parametrize(("sizes", "slots", "pack_size", "expected"), [

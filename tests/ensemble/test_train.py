@@ -176,7 +176,12 @@ def test_member_spec_rejects_bad_values() -> None:
         MemberSpec(0, 0.0)
     with pytest.raises(ValueError, match=r"member lr=nan must be a positive finite number"):
         MemberSpec(0, 0.1, lr=math.nan)
-    assert set(PACKABLE_PARAMS.values()) == {"seed", "init_std", "lr", "loss_scale", "label_seed"}
+    assert set(PACKABLE_PARAMS.values()) == {"seed", "init_std", "lr", "loss_scale", "label_seed",
+                                             "init_scale", "weight_decay", "momentum", "betas"}
+    with pytest.raises(ValueError, match=r"member weight_decay=-1 must be a finite number >= 0"):
+        MemberSpec(0, 0.1, weight_decay=-1)
+    with pytest.raises(ValueError, match=r"member betas=\(0.9, 1.0\) must be two numbers in \[0, 1\)"):
+        MemberSpec(0, 0.1, betas=(0.9, 1.0))
 
 
 def test_initial_weights_are_those_of_the_cli_run_bitwise(tmp_path: Path) -> None:
