@@ -9,33 +9,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lightning_mem.cli import commands
-from lightning_mem.ensemble.plan import read_pack
+from tests.helpers.ensembles import BASE, REPO, packed_and_single
 
-REPO = Path(__file__).resolve().parents[2]
-ARGS = ["--config", str(REPO / "configs/quickstart.yaml"),
-        "--config", str(REPO / "configs/kernels/monitor.yaml"),
-        "--data.dataset", "digits", "--model.net.width", "16", "--trainer.max_epochs", "2",
-        "--trainer.enable_progress_bar", "false", "--trainer.callbacks.init_args.probe_size", "50",
+ARGS = [*BASE, "--config", str(REPO / "configs/kernels/monitor.yaml"),
+        "--trainer.callbacks.init_args.probe_size", "50",
         "--trainer.callbacks.init_args.train_every_n_steps", "5"]
-
-
-def lm(*argv: str) -> int:
-    try:
-        commands.main(list(argv))
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 @pytest.mark.slow  # two fits and a pack of two: ~15 s on the 2 shared cores
 def test_members_log_the_kernel_keys_and_values_of_their_single_runs(tmp_path: Path) -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     packed, single = tmp_path / "packed", tmp_path / "single"
-    assert lm("ensemble", "fit", *ARGS, "--run.root", str(packed), "--run.name", "g", "--run.id", "e",
-              "--ensemble.init_std", "0.01,10", "--ensemble.seed", "0") == 0
-    for member in read_pack(packed / "g" / "e"):
-        assert lm("fit", *[str(single) if a == str(packed) else a for a in member["argv"]]) == 0
+    code, members = packed_and_single(packed, single, ARGS, "--ensemble.init_std", "0.01,10",
+                                      "--ensemble.seed", "0")
+    assert code == 0
+    for member in members:
         a = pd.read_csv(packed / "g" / member["run_id"] / "metrics.csv")
         b = pd.read_csv(single / "g" / member["run_id"] / "metrics.csv")
         ours = [k for k in b.columns if k.startswith(("kernel/", "train/kernel/", "weights/", "act/",
