@@ -44,6 +44,8 @@ from lightning_mem.alignment import kernels
 from lightning_mem.alignment.grams import ieee_fp32_now
 from lightning_mem.alignment.metric import DeviceRows, Row
 from lightning_mem.alignment.monitor import _epoch_end_step
+from lightning_mem.alignment.probe import ProbeCollector
+from lightning_mem.checks import check_int
 from lightning_mem.nets import ScaledMLP, Sin
 
 PATTERN_MODULES = (Sin, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU)  # elementwise φ with pieces; not Identity
@@ -196,22 +198,16 @@ class KernelMonitor(L.Callback):
         jacobian_probe_size: int = 32,
     ) -> None:
         super().__init__()
-        if not isinstance(probe_size, int) or probe_size < 2:
-            raise ValueError(f"probe_size={probe_size!r} must be an integer >= 2")
-        every = train_every_n_steps
-        if every is not None and (not isinstance(every, int) or every < 1):
-            raise ValueError(f"train_every_n_steps={train_every_n_steps!r} must be an integer >= 1, or None")
-        limit = kernels.MAX_JACOBIAN_PROBE
-        if not isinstance(jacobian_probe_size, int) or not 2 <= jacobian_probe_size <= limit:
-            raise ValueError(f"jacobian_probe_size={jacobian_probe_size!r} must be an integer in "
-                             f"[2, {limit}]")
+        check_int("probe_size", probe_size, 2)
+        check_int("train_every_n_steps", train_every_n_steps, 1, none="")
+        check_int("jacobian_probe_size", jacobian_probe_size, 2, kernels.MAX_JACOBIAN_PROBE)
         self.probe_size, self.train_every_n_steps = probe_size, train_every_n_steps
         self.stiffness, self.stiffness_matrix = stiffness, stiffness_matrix
         self.jacobian_probe_size = jacobian_probe_size
         self._init: dict[str, Tensor] | None = None  # the weights of init, by name
         self._previous: Tensor | None = None  # Θ of the previous probe measurement
-        self._probe: tuple[Tensor, Tensor] | None = None
-        self._collecting: list[tuple[Tensor, Tensor]] | None = None
+        self._probe: tuple[Tensor, Tensor] | None = None  # the collector's, cut to the net's probe size
+        self._collector = ProbeCollector(probe_size)
         self._theta0: Tensor | None = None
         self._pre0: list[tuple[str, Tensor]] | None = None
         self._kernels: NetKernels | None = None
@@ -331,24 +327,17 @@ class KernelMonitor(L.Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._probe is None and not trainer.sanity_checking and trainer.loggers:
-            self._collecting = []
+            self._collector.start()
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._collecting is None or dataloader_idx != 0:
-            return
-        need = self.probe_size - sum(len(y) for _, y in self._collecting)
-        if need > 0:
-            with torch.inference_mode(False):  # plain tensors: autograd runs through them later
-                self._collecting.append((batch[0][:need].clone(), batch[1][:need].clone()))
+        self._collector.add(batch, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._collecting is not None:
-            parts, self._collecting = self._collecting, None
-            if sum(len(y) for _, y in parts) >= 2:
-                assert self._kernels is not None
-                xs, ys = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
-                self._probe = self._kernels.cut(xs, ys)
+        probe = self._collector.finish()
+        if self._probe is None and probe is not None:
+            assert self._kernels is not None
+            self._probe = self._kernels.cut(*probe)
         if self._probe is None or trainer.sanity_checking or not trainer.loggers:
             return
         with torch.inference_mode(False), torch.enable_grad():
