@@ -200,3 +200,18 @@ def _check_training_batch_measures(tmp_path: Path, activation: str) -> None:
     changed = (pre > 0) != (pre0 > 0) if activation == "relu" else (
         torch.round(pre / torch.pi) != torch.round(pre0 / torch.pi))
     assert float(row["train/act/pattern_change"]) == pytest.approx(float(changed.double().mean()), abs=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [{"depth": 2}, {"bias": True}])
+def test_a_scaled_mlp_outside_the_closed_form_gets_the_jacobian_kernel(kwargs: dict[str, object]) -> None:
+    """z = W2 φ(W1 x) is the closed form's net: a deeper or biased ScaledMLP takes torch.func."""
+    from lightning_mem.alignment.kernel_monitor import NetKernels
+
+    torch.manual_seed(0)
+    net = ScaledMLP((1, 4, 4), 3, width=6, activation="sin", init_std=0.5, **kwargs)
+    nk = NetKernels(net, lambda z, y: F.cross_entropy(z, y, reduction="none"), 8)
+    assert not nk.closed_form
+    x = torch.randn(5, 1, 4, 4)
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    torch.testing.assert_close(nk.ntk(params, x), explicit_ntk(net, x), rtol=1e-5, atol=1e-8)
+    assert NetKernels(ScaledMLP((1, 4, 4), 3, width=6), nk.loss_fn, 8).closed_form
