@@ -59,8 +59,11 @@ def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _trainer_arm(arm: str, warmup: int, steps: int, threads: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per step over steps [warmup, warmup + steps) of a Trainer run."""
+def _trainer_arm(
+    arm: str, warmup: int, steps: int, threads: int, monitors: list[Any] | None = None
+) -> tuple[float, float]:
+    """(wall, CPU) seconds per step over steps [warmup, warmup + steps) of a Trainer run; its callbacks
+    are ``monitors`` when given (benchmarks/bench_kernel.py), else the AlignmentMonitor of ``arm``."""
     import lightning as L
     from lightning.pytorch.loggers import Logger
     from torch.utils.data import DataLoader
@@ -90,8 +93,8 @@ def _trainer_arm(arm: str, warmup: int, steps: int, threads: int) -> tuple[float
 
     net, batches = _setup(threads)
     clock = Clock()
-    callbacks: list[L.Callback] = [clock]
-    if arm != "plain":
+    callbacks: list[L.Callback] = [*(monitors or []), clock]
+    if monitors is None and arm != "plain":
         callbacks.insert(0, AlignmentMonitor(every_n_steps=int(arm.split("_")[1])))
     trainer = L.Trainer(
         max_steps=warmup + steps,

@@ -1,12 +1,16 @@
 """Cost of KernelMonitor on the paper's 3072→1024→10 sin MLP at batch 256, on CPU.
 
-Trainer arms (identical apart from the callbacks; synthetic CIFAR-shaped data pre-batched in memory,
-no validation), interleaved round by round in one process, ratios per round, median over rounds:
+Trainer arms (benchmarks/bench_alignment.py's net, data and Trainer run, apart from the callbacks;
+synthetic CIFAR-shaped data pre-batched in memory, no validation), interleaved round by round in one
+process, ratios per round, median over rounds:
 
 - ``plain``        training only
 - ``align_10``     today's AlignmentMonitor(every_n_steps=10)
 - ``kernel_10``    KernelMonitor(train_every_n_steps=10): Θ_t and Θ₀ of the training batch, target
-                   alignment, distance from init and pattern change every 10 steps
+                   alignment, distance from init and pattern change every 10 steps; Θ_t from the x W1ᵀ
+                   of the step's own forward
+- ``kernel_10_prestep`` the same with x W1ᵀ recomputed before the step (what it does where the
+                   forward is not IEEE fp32: TF32, AMP, the fused step)
 - ``both_10``      both monitors every 10 steps
 
 The held-out probe measures (once per validation) are timed directly: one
@@ -22,75 +26,30 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 from typing import Any
 
-BATCH, SHAPE, CLASSES, WIDTH = 256, (3, 32, 32), 10, 1024
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_alignment import BATCH, CLASSES, SHAPE, WIDTH, _now, _setup, _trainer_arm
+
 EPOCH_STEPS = 50_000 // BATCH + 1  # CIFAR-10 at batch 256: 196 steps
-ARMS = ("plain", "align_10", "kernel_10", "both_10")
-
-
-def _setup(threads: int) -> tuple[Any, Any]:
-    import torch
-
-    from lightning_mem.nets import ScaledMLP
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    net = ScaledMLP(SHAPE, CLASSES, WIDTH, activation="sin", init_std=0.1)
-    g = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(BATCH, *SHAPE, generator=g), torch.randint(0, CLASSES, (BATCH,), generator=g),
-                torch.zeros(BATCH, dtype=torch.bool)) for _ in range(8)]
-    return net, batches
-
-
-def _now() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
+ARMS = ("plain", "align_10", "kernel_10", "kernel_10_prestep", "both_10")
 
 
 def trainer_arm(arm: str, warmup: int, steps: int, threads: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per step over steps [warmup, warmup + steps) of a Trainer run."""
-    import lightning as L
-    from lightning.pytorch.loggers import Logger
-    from torch.utils.data import DataLoader
-
+    """(wall, CPU) seconds per step of bench_alignment's Trainer run with this arm's monitors."""
     from lightning_mem.alignment.kernel_monitor import KernelMonitor
     from lightning_mem.alignment.monitor import AlignmentMonitor
-    from lightning_mem.training.module import MemorizationModule
 
-    class NullLogger(Logger):  # the monitors measure only when a logger is attached: same in every arm
-        name, version = "null", 0
-
-        def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-            pass
-
-    class Clock(L.Callback):
-        def __init__(self) -> None:
-            self.start = self.end = (0.0, 0.0)
-
-        def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-            if trainer.global_step == warmup:
-                self.start = _now()
-
-        def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
-            self.end = _now()
-
-    net, batches = _setup(threads)
-    clock = Clock()
-    callbacks: list[L.Callback] = []
+    monitors: list[Any] = []
     if arm in ("align_10", "both_10"):
-        callbacks.append(AlignmentMonitor(every_n_steps=10))
-    if arm in ("kernel_10", "both_10"):
-        callbacks.append(KernelMonitor(train_every_n_steps=10))
-    trainer = L.Trainer(max_steps=warmup + steps, accelerator="cpu", logger=NullLogger(),
-                        callbacks=[*callbacks, clock], enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0)
-    loader = DataLoader([batches[i % len(batches)] for i in range(warmup + steps)], batch_size=None)
-    trainer.fit(MemorizationModule(net), train_dataloaders=loader)
-    return (clock.end[0] - clock.start[0]) / steps, (clock.end[1] - clock.start[1]) / steps
+        monitors.append(AlignmentMonitor(every_n_steps=10))
+    if arm.startswith("kernel_10") or arm == "both_10":
+        monitor = KernelMonitor(train_every_n_steps=10)
+        monitor._reuse_forward = arm != "kernel_10_prestep"  # prestep: x W1ᵀ recomputed before the step
+        monitors.append(monitor)
+    return _trainer_arm(arm, warmup, steps, threads, monitors)
 
 
 def probe_cost(threads: int, repeats: int) -> dict[str, float]:
@@ -133,14 +92,14 @@ def main() -> None:
             per_round[arm].append(trainer_arm(arm, args.warmup, args.steps, args.threads))
     print(f"paper MLP {SHAPE} -> {WIDTH} -> {CLASSES}, batch {BATCH}, {args.threads} thread(s), "
           f"{args.steps} steps x {args.rounds} rounds")
-    print("arm         ms/step (CPU)  ms/step (wall)  x plain (CPU)  x plain (wall)")
+    print("arm                ms/step (CPU)  ms/step (wall)  x plain (CPU)  x plain (wall)")
     for arm in ARMS:
         cpu = statistics.median(c for _, c in per_round[arm])
         wall = statistics.median(w for w, _ in per_round[arm])
         pairs = list(zip(per_round[arm], per_round["plain"], strict=True))
         r_cpu = statistics.median(a[1] / p[1] for a, p in pairs)
         r_wall = statistics.median(a[0] / p[0] for a, p in pairs)
-        print(f"{arm:<11} {1e3 * cpu:13.1f}  {1e3 * wall:14.1f}  {r_cpu:13.3f}  {r_wall:14.3f}")
+        print(f"{arm:<18} {1e3 * cpu:13.1f}  {1e3 * wall:14.1f}  {r_cpu:13.3f}  {r_wall:14.3f}")
     probe = probe_cost(args.threads, args.repeats)
     step_cpu = statistics.median(c for _, c in per_round["plain"])
     step_wall = statistics.median(w for w, _ in per_round["plain"])

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import docsfigures
+from docs_kernels import KernelData
 from docsdata import TAIL, curve_runs, read_rows, summary_runs
 from docsverdicts import Verdicts
 
@@ -46,6 +47,7 @@ class Namespace:
         self.figures: list[Path] = []  # every figure linked: must exist
         self._cache: dict[tuple[str, str], list[Run]] = {}
         self._csv: dict[Path, list[dict[str, Any]]] = {}
+        self._kernels: dict[str, KernelData] = {}
         self._verdicts = Verdicts(self)  # claim(...) declares a test, verdict(name) quotes it
 
     def _read(self, path: Path) -> list[dict[str, Any]]:
@@ -158,6 +160,12 @@ class Namespace:
         if not firsts or max(firsts) == math.inf:
             raise DocsError(f"{sweep}: some run never reaches {col} >= {at_least} ({where})")
         return int(max(firsts))
+
+    def kernels(self, sweep: str) -> KernelData:
+        """The kernel sweep ``sweep``: docs/data/<sweep>/kernels.csv (tools/docs_kernels.py)."""
+        if sweep not in self._kernels:
+            self._kernels[sweep] = KernelData.load(self.root, sweep)
+        return self._kernels[sweep]
 
     def csv(self, path: str) -> list[dict[str, Any]]:
         """Rows of a CSV under docs/data (numbers parsed)."""

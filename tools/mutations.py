@@ -141,7 +141,7 @@ MUTATIONS = (
     ),
     Mutation(
         "ntk-drop-w2-weighting",
-        "lightning_mem/kernels.py",
+        "lightning_mem/alignment/kernels.py",
         "weight = (w2 * w2).sum(0)  # (h,) Σ_c W2[c,h]²",
         "weight = torch.ones_like(w2[0])  # (h,) Σ_c W2[c,h]²",
         ("tests/alignment/test_kernels.py",),
@@ -149,7 +149,7 @@ MUTATIONS = (
     ),
     Mutation(
         "stiffness-keep-diagonal",
-        "lightning_mem/kernels.py",
+        "lightning_mem/alignment/kernels.py",
         "sums = y.T @ (cos * off) @ y  # (C, C)",
         "sums = y.T @ cos @ y  # (C, C)",
         ("tests/alignment/test_kernels.py",),
@@ -157,11 +157,27 @@ MUTATIONS = (
     ),
     Mutation(
         "kernel-theta0-for-theta",
-        "lightning_mem/kernel_monitor.py",
+        "lightning_mem/alignment/kernel_monitor.py",
         "theta = nk.ntk(params, x).detach()",
         "theta = nk.ntk(init, x).detach()",
         ("tests/alignment/test_kernel_monitor.py",),
         "logged kernel measures against Θ of the trained weights from jacrev",
+    ),
+    Mutation(
+        "train-kernel-theta0-for-theta",
+        "lightning_mem/alignment/kernel_monitor.py",
+        "theta = kernels.mlp_ntk_from_products(pre, xx, w2, act)",
+        "theta = kernels.mlp_ntk_from_products(pre0, xx, init['out.weight'], act)",
+        ("tests/alignment/test_kernel_monitor.py",),
+        "training-batch measures against Θ from jacrev at the weights before the step",
+    ),
+    Mutation(
+        "train-kernel-w2-after-step",
+        "lightning_mem/alignment/kernel_monitor.py",
+        "theta, theta0, pattern = self._mlp_batch(flat, pre.double(), pending.w2,",
+        "theta, theta0, pattern = self._mlp_batch(flat, pre.double(), self._params()['out.weight'],",
+        ("tests/alignment/test_kernel_monitor.py",),
+        "training-batch Θ_t from the step's forward with W2 of before the update, against jacrev",
     ),
 )
 

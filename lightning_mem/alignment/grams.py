@@ -41,6 +41,20 @@ def _matmul_precision_settings() -> list[Any]:
     return found
 
 
+def ieee_fp32_now() -> bool:
+    """Whether fp32 matmuls run in full IEEE precision with the current settings (what
+    :func:`ieee_fp32` enforces): then a product the model's forward computed can stand for one of a
+    measurement."""
+    settings = _matmul_precision_settings()
+    if settings:
+        values = {s.fp32_precision for s in settings} | {getattr(torch.backends, "fp32_precision", "none")}
+        if values == {"ieee"} or values == {"ieee", "none"}:
+            return True
+        if values != {"none"}:
+            return False
+    return torch.get_float32_matmul_precision() == "highest"
+
+
 @contextmanager
 def ieee_fp32() -> Iterator[None]:
     """Run fp32 matmuls in full IEEE precision (no TF32, no bf16), restoring the user's settings after.

@@ -36,18 +36,22 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_mem.alignment import kernels
+from lightning_mem.alignment.grams import ieee_fp32_now
 from lightning_mem.alignment.metric import DeviceRows, Row
 from lightning_mem.alignment.monitor import _epoch_end_step
+from lightning_mem.alignment.probe import ProbeCollector
+from lightning_mem.checks import check_int
 from lightning_mem.nets import ScaledMLP, Sin
 
 PATTERN_MODULES = (Sin, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU)  # elementwise φ with pieces; not Identity
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+FULL_PRECISION = ("32-true", "64-true")  # Trainer precisions whose forward products a measurement can reuse
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -90,12 +94,28 @@ def patterns_changed(before: list[tuple[str, Tensor]], after: list[tuple[str, Te
     return torch.tensor(changed / sum(a.numel() for _, a in before), dtype=torch.float64)
 
 
+class _FirstCall:
+    """Records the input and output (first ``n`` rows, detached) of the first call of ``layer``, with what
+    the measurement of that step needs besides."""
+
+    def __init__(self, layer: nn.Module, n: int, y: Tensor, w2: Tensor, step: int, epoch: int) -> None:
+        self.n, self.y, self.w2, self.step, self.epoch = n, y, w2, step, epoch
+        self.got: tuple[Tensor, Tensor] | None = None
+        self.handle = layer.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
+        if self.got is None and out.dtype in (torch.float32, torch.float64):
+            self.got = args[0][: self.n].detach(), out[: self.n].detach()
+        self.handle.remove()
+
+
 class NetKernels:
     """Θ, the loss-gradient Gram and the pre-activations of one net at given parameters."""
 
     def __init__(self, net: nn.Module, loss_fn: LossFn, jacobian_probe_size: int) -> None:
         self.net, self.loss_fn = net, loss_fn
-        self.closed_form = type(net) is ScaledMLP
+        # The closed form is of z = W2 φ(W1 x): depth 1, no biases.
+        self.closed_form = type(net) is ScaledMLP and net.depth == 1 and not net.bias
         self.max_examples = None if self.closed_form else jacobian_probe_size
 
     def cut(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -178,25 +198,21 @@ class KernelMonitor(L.Callback):
         jacobian_probe_size: int = 32,
     ) -> None:
         super().__init__()
-        if not isinstance(probe_size, int) or probe_size < 2:
-            raise ValueError(f"probe_size={probe_size!r} must be an integer >= 2")
-        every = train_every_n_steps
-        if every is not None and (not isinstance(every, int) or every < 1):
-            raise ValueError(f"train_every_n_steps={train_every_n_steps!r} must be an integer >= 1, or None")
-        limit = kernels.MAX_JACOBIAN_PROBE
-        if not isinstance(jacobian_probe_size, int) or not 2 <= jacobian_probe_size <= limit:
-            raise ValueError(f"jacobian_probe_size={jacobian_probe_size!r} must be an integer in "
-                             f"[2, {limit}]")
+        check_int("probe_size", probe_size, 2)
+        check_int("train_every_n_steps", train_every_n_steps, 1, none="")
+        check_int("jacobian_probe_size", jacobian_probe_size, 2, kernels.MAX_JACOBIAN_PROBE)
         self.probe_size, self.train_every_n_steps = probe_size, train_every_n_steps
         self.stiffness, self.stiffness_matrix = stiffness, stiffness_matrix
         self.jacobian_probe_size = jacobian_probe_size
         self._init: dict[str, Tensor] | None = None  # the weights of init, by name
         self._previous: Tensor | None = None  # Θ of the previous probe measurement
-        self._probe: tuple[Tensor, Tensor] | None = None
-        self._collecting: list[tuple[Tensor, Tensor]] | None = None
+        self._probe: tuple[Tensor, Tensor] | None = None  # the collector's, cut to the net's probe size
+        self._collector = ProbeCollector(probe_size)
         self._theta0: Tensor | None = None
         self._pre0: list[tuple[str, Tensor]] | None = None
         self._kernels: NetKernels | None = None
+        self._pending: _FirstCall | None = None  # a training-batch measurement waiting for its forward
+        self._reuse_forward = True
         self._num_classes = 0
         self._rows = DeviceRows()
 
@@ -251,26 +267,57 @@ class KernelMonitor(L.Callback):
         nk = self._kernels
         x, y = nk.cut(batch[0][: self.probe_size], batch[1][: self.probe_size])
         params = self._params()
+        if (nk.closed_form and self._reuse_forward and pl_module.automatic_optimization
+                and str(trainer.precision) in FULL_PRECISION and ieee_fp32_now()):
+            # The step's own forward computes x W1ᵀ at these weights: take it from there
+            # (on_train_batch_end), with W2 as it is now.
+            assert isinstance(nk.net, ScaledMLP)
+            self._pending = _FirstCall(nk.net.hidden, len(y), y, params["out.weight"].clone(),
+                                       trainer.global_step, trainer.current_epoch)
+            return
         init = self._init_params(params)
         if nk.closed_form:  # one x xᵀ and one x W1ᵀ per weights, shared by Θ and the patterns
-            theta, theta0, pattern = self._mlp_batch(params, init, x)
+            flat = x.flatten(1)
+            pre = kernels.input_products(flat, params["hidden.weight"], gram=False)[0]
+            theta, theta0, pattern = self._mlp_batch(flat, pre, params["out.weight"], init)
         else:
             theta, theta0 = nk.ntk(params, x), nk.ntk(init, x)
             pattern = patterns_changed(pre_activations(nk.net, init, x), pre_activations(nk.net, params, x))
+        self._log_train(trainer, trainer.global_step, trainer.current_epoch, theta, theta0, pattern, y)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        pending.handle.remove()
+        if pending.got is None:  # the step did not call the hidden layer: measure before the step from now on
+            self._reuse_forward = False
+            rank_zero_warn("KernelMonitor: the training step did not call net.hidden; the training-batch "
+                           "measures run before the step from the next one on")
+            return
+        flat, pre = pending.got
+        with torch.no_grad():
+            theta, theta0, pattern = self._mlp_batch(flat, pre.double(), pending.w2,
+                                                     self._init_params(self._params()))
+        self._log_train(trainer, pending.step, pending.epoch, theta, theta0, pattern, pending.y)
+
+    def _log_train(self, trainer: L.Trainer, step: int, epoch: int, theta: Tensor, theta0: Tensor,
+                   pattern: Tensor | None, y: Tensor) -> None:
         keys, values = probe_measures(theta, theta0, None, y, self._classes(y), [], pattern, None, False,
                                       prefix="train/")
-        self._rows.log(trainer, [Row(trainer.global_step, trainer.current_epoch, keys, torch.stack(values))],
-                       reduce=False)
+        self._rows.log(trainer, [Row(step, epoch, keys, torch.stack(values))], reduce=False)
 
     @torch.no_grad()
-    def _mlp_batch(self, params: dict[str, Tensor], init: dict[str, Tensor],
-                   x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _mlp_batch(self, flat: Tensor, pre: Tensor, w2: Tensor,
+                   init: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Θ_t (from the pre-activations ``pre`` = x W1ᵀ and W2 of now), Θ₀ and the pattern change of
+        the flattened batch ``flat``: x xᵀ and x W1₀ᵀ computed once each, shared."""
         assert self._kernels is not None and isinstance(self._kernels.net, ScaledMLP)
-        act, flat = self._kernels.net.act, x.flatten(1)
-        pre, xx = kernels.input_products(flat, params["hidden.weight"])
-        pre0 = kernels.input_products(flat, init["hidden.weight"], gram=False)[0]
+        act = self._kernels.net.act
+        pre0, xx = kernels.input_products(flat, init["hidden.weight"])
         assert xx is not None
-        theta = kernels.mlp_ntk_from_products(pre, xx, params["out.weight"], act)
+        theta = kernels.mlp_ntk_from_products(pre, xx, w2, act)
         theta0 = kernels.mlp_ntk_from_products(pre0, xx, init["out.weight"], act)
         has_pattern = isinstance(act, PATTERN_MODULES)
         pattern = kernels.pattern_change(pre0, pre, pattern_name(act)) if has_pattern else None
@@ -280,24 +327,17 @@ class KernelMonitor(L.Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._probe is None and not trainer.sanity_checking and trainer.loggers:
-            self._collecting = []
+            self._collector.start()
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._collecting is None or dataloader_idx != 0:
-            return
-        need = self.probe_size - sum(len(y) for _, y in self._collecting)
-        if need > 0:
-            with torch.inference_mode(False):  # plain tensors: autograd runs through them later
-                self._collecting.append((batch[0][:need].clone(), batch[1][:need].clone()))
+        self._collector.add(batch, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._collecting is not None:
-            parts, self._collecting = self._collecting, None
-            if sum(len(y) for _, y in parts) >= 2:
-                assert self._kernels is not None
-                xs, ys = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
-                self._probe = self._kernels.cut(xs, ys)
+        probe = self._collector.finish()
+        if self._probe is None and probe is not None:
+            assert self._kernels is not None
+            self._probe = self._kernels.cut(*probe)
         if self._probe is None or trainer.sanity_checking or not trainer.loggers:
             return
         with torch.inference_mode(False), torch.enable_grad():

@@ -39,12 +39,19 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from lightning_mem.alignment.grams import ieee_fp32
 from lightning_mem.alignment.measures import class_indicator
+from lightning_mem.nets.paper import Sin
 
 MAX_JACOBIAN_PROBE = 64  # examples: torch.func Θ holds B·P floats of per-example gradients at once
 
 
 def activation_derivative(act: Callable[[Tensor], Tensor], pre: Tensor) -> Tensor:
-    """φ′(pre) of an elementwise activation (a forward-mode JVP with a tangent of ones)."""
+    """φ′(pre) of an elementwise activation: cos for :class:`~lightning_mem.nets.Sin` and the step
+    1[pre > 0] for ``nn.ReLU`` (the values autograd gives them, at a third of a JVP's cost), else a
+    forward-mode JVP with a tangent of ones."""
+    if type(act) is Sin:
+        return torch.cos(pre)
+    if type(act) is nn.ReLU:
+        return (pre > 0).to(pre.dtype)
     return jvp(act, (pre,), (torch.ones_like(pre),))[1]
 
 

@@ -18,6 +18,7 @@ from lightning_mem import _compat, metric_keys
 from lightning_mem.alignment.grams import GramCapture
 from lightning_mem.alignment.measures import MEASURES, PerClass, class_measures_from_gram
 from lightning_mem.alignment.metric import ClassAlignment, DeviceRows, Row, flatten_measures, shard_take
+from lightning_mem.checks import check_int
 from lightning_mem.metric_keys import REP_PREFIX
 from lightning_mem.nets.layers import has_batchnorm
 
@@ -152,12 +153,10 @@ class AlignmentMonitor(L.Callback):
         val_max_examples: int | None = 10_000,
     ) -> None:
         super().__init__()
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps!r} must be an integer >= 1")
+        check_int("every_n_steps", every_n_steps, 1)
         if not (gradients or representations):
             raise ValueError("gradients=False and representations=False measure nothing; enable at least one")
-        if max_classes is not None and max_classes < 1:
-            raise ValueError(f"max_classes={max_classes!r} must be an integer >= 1, or None for all classes")
+        check_int("max_classes", max_classes, 1, none="for all classes")
         if val_max_examples is not None and val_max_examples < 0:
             raise ValueError(f"val_max_examples={val_max_examples!r} must be >= 0 (0: off), or None for all")
         if layers is not None and (isinstance(layers, str) or not all(isinstance(x, str) for x in layers)):

@@ -24,6 +24,7 @@ from lightning_mem.alignment.kernel_monitor import (
     pattern_name,
     probe_measures,
 )
+from lightning_mem.alignment.probe import ProbeCollector
 from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.stacked import StackedMLP
 
@@ -45,8 +46,7 @@ class EnsembleKernelMonitor(L.Callback):
         self.stiffness, self.stiffness_matrix = stiffness, stiffness_matrix
         self._init: dict[str, Tensor] | None = None  # (K, ...) weights of init
         self._previous: Tensor | None = None  # (K, B, B)
-        self._probe: tuple[Tensor, Tensor] | None = None
-        self._collecting: list[tuple[Tensor, Tensor]] | None = None
+        self._collector = ProbeCollector(probe_size)
         self._theta0: Tensor | None = None
 
     @classmethod
@@ -127,27 +127,19 @@ class EnsembleKernelMonitor(L.Callback):
         pl_module.log_members(keys, values, trainer.global_step, trainer.current_epoch)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._probe is None and not trainer.sanity_checking and self._logging(pl_module):
-            self._collecting = []
+        if not trainer.sanity_checking and self._logging(pl_module):
+            self._collector.start()
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._collecting is None or dataloader_idx != 0:
-            return
-        need = self.probe_size - sum(len(y) for _, y in self._collecting)
-        if need > 0:
-            with torch.inference_mode(False):
-                self._collecting.append((batch[0][:need].clone(), batch[1][:need].clone()))
+        self._collector.add(batch, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._collecting is not None:
-            parts, self._collecting = self._collecting, None
-            if sum(len(y) for _, y in parts) >= 2:
-                self._probe = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
-        if self._probe is None or trainer.sanity_checking or not self._logging(pl_module):
+        probe = self._collector.finish()
+        if probe is None or trainer.sanity_checking or not self._logging(pl_module):
             return
         assert isinstance(pl_module, EnsembleModule)
-        x, y = self._probe
+        x, y = probe
         K = pl_module.num_members
         with torch.inference_mode(False), torch.no_grad():
             keys, values = self._measure(pl_module, x.expand(K, *x.shape), y.expand(K, -1), probe=True)

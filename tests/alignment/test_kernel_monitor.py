@@ -146,3 +146,72 @@ def test_convnet_gets_the_keys_through_torch_func_on_a_cut_probe(tmp_path: Path)
 def test_bad_arguments_name_the_value_and_the_allowed_ones(kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         KernelMonitor(**kwargs)
+
+
+class _Snapshot(L.Callback):
+    """The net's weights and the batch at the start of step ``at`` (before its update)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.net, self.batch = at, None, None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        if trainer.global_step == self.at:
+            self.net, self.batch = copy.deepcopy(pl_module.net), (batch[0].clone(), batch[1].clone())
+
+
+@pytest.mark.parametrize(("activation", "matmul"),
+                         [("sin", "highest"), pytest.param("relu", "high", marks=pytest.mark.slow)])
+def test_training_batch_measures_are_of_the_weights_before_the_step(tmp_path: Path, activation: str,
+                                                                    matmul: str) -> None:
+    """The training-batch Θ_t must be the explicit kernel at the weights before that step's update, Θ₀
+    the one at init, on that batch: taken from the step's own forward (x W1ᵀ reused) when fp32 matmuls
+    are IEEE ("highest"), measured before the step otherwise ("high", TF32 where there is one)."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(matmul)
+    try:
+        _check_training_batch_measures(tmp_path, activation)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _check_training_batch_measures(tmp_path: Path, activation: str) -> None:
+    L.seed_everything(0, verbose=False)
+    data = ImageClassificationData("digits", batch_size=128)
+    net = ScaledMLP(data.input_shape, data.num_classes, width=16, activation=activation, init_std=0.5)
+    init = copy.deepcopy(net)
+    module = MemorizationModule(net, lr=0.5)
+    snap = _Snapshot(10)
+    monitor = KernelMonitor(probe_size=50, train_every_n_steps=5, stiffness=False)
+    trainer = L.Trainer(max_steps=11, logger=CSVLogger(tmp_path, name="", version=""),
+                        callbacks=[snap, monitor], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    (row,) = [r for r in rows_of(tmp_path) if r["train/kernel/target_alignment"] and r["step"] == "10"]
+    assert snap.net is not None and snap.batch is not None
+    x, y = snap.batch[0][:50], snap.batch[1][:50]
+    theta, theta0 = explicit_ntk(snap.net, x), explicit_ntk(init, x)
+    assert float(row["train/kernel/target_alignment"]) == pytest.approx(cos_f(theta, target(y, 10)), rel=1e-6)
+    assert float(row["train/kernel/distance_from_init"]) == pytest.approx(1 - cos_f(theta0, theta), rel=1e-4)
+    after = explicit_ntk(module.net, x)  # the weights after the last step: another kernel
+    assert abs(cos_f(after, target(y, 10)) - cos_f(theta, target(y, 10))) > 1e-5
+    with torch.no_grad():
+        pre, pre0 = x.flatten(1) @ snap.net.hidden.weight.T, x.flatten(1) @ init.hidden.weight.T
+    changed = (pre > 0) != (pre0 > 0) if activation == "relu" else (
+        torch.round(pre / torch.pi) != torch.round(pre0 / torch.pi))
+    assert float(row["train/act/pattern_change"]) == pytest.approx(float(changed.double().mean()), abs=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [{"depth": 2}, {"bias": True}])
+def test_a_scaled_mlp_outside_the_closed_form_gets_the_jacobian_kernel(kwargs: dict[str, object]) -> None:
+    """z = W2 φ(W1 x) is the closed form's net: a deeper or biased ScaledMLP takes torch.func."""
+    from lightning_mem.alignment.kernel_monitor import NetKernels
+
+    torch.manual_seed(0)
+    net = ScaledMLP((1, 4, 4), 3, width=6, activation="sin", init_std=0.5, **kwargs)
+    nk = NetKernels(net, lambda z, y: F.cross_entropy(z, y, reduction="none"), 8)
+    assert not nk.closed_form
+    x = torch.randn(5, 1, 4, 4)
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    torch.testing.assert_close(nk.ntk(params, x), explicit_ntk(net, x), rtol=1e-5, atol=1e-8)
+    assert NetKernels(ScaledMLP((1, 4, 4), 3, width=6), nk.loss_fn, 8).closed_form

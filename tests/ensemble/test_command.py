@@ -25,15 +25,12 @@ import pytest
 import torch
 
 from lightning_mem import rundir
-from lightning_mem.cli import commands
 from lightning_mem.ensemble.pack import prepare_pack
 from lightning_mem.ensemble.plan import read_pack
+from tests.helpers.ensembles import BASE, QUICKSTART, lm, packed_and_single
 
 REPO = Path(__file__).resolve().parents[2]
 RTOL, ATOL = 1e-4, 1e-6
-QUICKSTART = str(REPO / "configs/quickstart.yaml")
-BASE = ["--config", QUICKSTART, "--data.dataset", "digits", "--model.net.width", "16",
-        "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
 # ReLU + squared loss at σ = 10, lr 1: overflows within the first epoch (tests/ensemble/test_train.py)
 WILD = ["--config", QUICKSTART, "--data.dataset", "digits", "--model.net.width", "32",
         "--model.net.activation", "relu", "--model.loss", "squared", "--trainer.max_epochs", "4",
@@ -43,15 +40,6 @@ WILD = ["--config", QUICKSTART, "--data.dataset", "digits", "--model.net.width",
 @pytest.fixture(autouse=True)
 def _quiet() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-
-
-def lm(*argv: str) -> int:
-    """``lightning-mem ARGV`` in this process; its exit code."""
-    try:
-        commands.main(list(argv))
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 def assert_same_rows(packed: Path, single: Path) -> None:
@@ -73,12 +61,8 @@ def same_text(packed: Path, single: Path, roots: tuple[Path, Path]) -> bool:
 def grid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """2 σ × 2 seeds as one ensemble (--run.id e), and the same four points as single fits."""
     root, single_root = tmp_path_factory.mktemp("packed"), tmp_path_factory.mktemp("single")
-    code = lm("ensemble", "fit", *BASE, "--run.root", str(root), "--run.name", "g", "--run.id", "e",
-              "--ensemble.init_std", "0.01,10", "--ensemble.seed", "0,1")
-    members = read_pack(root / "g" / "e")
-    for m in members:
-        argv = m["argv"]
-        assert lm("fit", *[str(single_root) if a == str(root) else a for a in argv]) == 0
+    code, members = packed_and_single(root, single_root, BASE, "--ensemble.init_std", "0.01,10",
+                                      "--ensemble.seed", "0,1")
     return {"code": code, "root": root, "single_root": single_root, "members": members}
 
 
