@@ -30,6 +30,7 @@ TOOLS = {
     "theorem1": ("lightning_mem.analysis.theorem1",
                  "check the paper's Theorem 1 by Monte Carlo on MNIST pairs"),
     "dashboard": ("lightning_mem.results.dashboard", "interactive HTML dashboard or W&B workspace of runs"),
+    "configs": ("lightning_mem.cli.packaged", "list, show or copy the configs and sweeps the package ships"),
     "ensemble": ("lightning_mem.ensemble.command",
                  "train a σ × seed grid as one ensemble in one process (fit)"),
 }

@@ -37,6 +37,7 @@ from typing import Any
 
 from lightning_mem import rundir
 from lightning_mem.checks import path_arg
+from lightning_mem.cli.packaged import resolve_sweep
 from lightning_mem.sweeps.outcomes import error_line
 from lightning_mem.sweeps.runner import LocalSweep
 from lightning_mem.sweeps.spec import args_json, check_runs
@@ -236,8 +237,8 @@ def check_cluster(opts: dict[str, str], root: Path) -> None:
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
-    sweep = LocalSweep(Path(args.sweep), Path(args.root), wandb_mode=args.wandb_mode, count=args.count,
-                       seed=args.seed)
+    sweep = LocalSweep(resolve_sweep(args.sweep), Path(args.root), wandb_mode=args.wandb_mode,
+                       count=args.count, seed=args.seed)
     check_runs(sweep.spec, sweep.path, sweep.params)
     opts = slurm_options(args)
     sweep.load()
@@ -314,7 +315,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any, positive: Any) -> None:
     """Register ``slurm`` and ``status`` on the ``sweep`` command's subparsers."""
     sl = sub.add_parser("slurm", help="Submit a sweep YAML as one SLURM job array.")
-    sl.add_argument("sweep", type=path_arg, help="W&B sweep YAML (sweeps/*.yaml)")
+    sl.add_argument("sweep", type=path_arg, help="W&B sweep YAML, or a packaged sweep's name")
     sl.add_argument("--root", type=path_arg, default="runs",
                     help="runs go to ROOT/<sweep name>/<run id>/, shared by the nodes (default: runs)")
     sl.add_argument("--count", type=positive, default=None, help="runs (method random; caps a grid)")
