@@ -329,7 +329,8 @@ class MemCLI(RunFolder, LightningCLI):
         configured = trainer_config.get("callbacks") or []
         callbacks = list(configured) if isinstance(configured, list) else [configured]
         run = (self.config[self.subcommand] if self.subcommand else self.config).get("run")
-        callbacks = defaults.with_defaults(callbacks, run, self.subcommand)  # AlignmentMonitor, guard
+        callbacks = defaults.with_defaults(callbacks, run, self.subcommand,  # monitor, guard, progress
+                                           trainer_config.get("enable_progress_bar") is not False)
         if not any(isinstance(c, RunStatus) for c in callbacks):
             callbacks.append(RunStatus(dirpath=str(self.run_dir)))
         if not any(isinstance(c, CheckpointPublisher) for c in callbacks):

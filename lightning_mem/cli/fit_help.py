@@ -30,6 +30,7 @@ OPTIONS: list[tuple[str, str, str, str]] = [
     ("--run.alignment_every_n_steps", "10", "int ≥ 1", "steps between the alignment measurements"),
     ("--run.alignment_monitor", "true", "true|false", "measure alignment (AlignmentMonitor)"),
     ("--run.divergence_guard", "true", "true|false", "stop at the first NaN/inf (DivergenceGuard)"),
+    ("--run.progress_every_s", "30", "seconds ≥ 0", "a progress line where the bar is off"),
     ("--run.name", "config's name", "a folder name", "experiment name (and W&B group)"),
     ("--run.root", "runs", "a folder", "root of all run folders"),
     ("--run.id", "a new id", "a folder name", "this run's folder under <root>/<name>/"),
