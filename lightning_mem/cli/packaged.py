@@ -127,7 +127,7 @@ def resolve_sweep(value: str | Path) -> Path:
         return Path(value)
     found = packaged_path("sweep", value)
     if found is None:
-        raise ValueError(f"sweep {value!r}: no such file and no packaged sweep of that name; give the path "
+        raise ValueError(f"{value}: no such file and no packaged sweep of that name; give the path "
                          f"of a sweep YAML or one of {listing('sweep')} (`lightning-mem configs list`)")
     return found
 

@@ -453,7 +453,7 @@ def _sweep_file_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
     (tmp / "list.yaml").write_text("- just\n- a list\n")
     (tmp / "folder.yaml").mkdir()
     return {
-        "missing": (tmp / "missing.yaml", "cannot read the sweep file"),
+        "missing": (tmp / "missing.yaml", "no such file and no packaged sweep of that name"),
         "directory": (tmp / "folder.yaml", "cannot read the sweep file"),
         "empty": (tmp / "empty.yaml", "a sweep is a mapping"),
         "truncated": (tmp / "truncated.yaml", "not valid YAML"),
