@@ -80,9 +80,20 @@ def packaged_path(kind: str, name: str) -> Path | None:
         return Path(path)
 
 
+FOLDED = 3  # a folder of more packaged files than this is listed as ``folder/* (N)`` in messages
+
+
 def listing(kind: str) -> str:
-    """``the packaged configs: a, b, ...`` (for error messages)."""
-    return f"the packaged {kind}s: {', '.join(names(kind)) or '(none installed)'}"
+    """``the packaged configs: quickstart, logger/wandb, paper/* (11), ...`` (for error messages; the
+    full list: ``lightning-mem configs list``)."""
+    folders: dict[str, list[str]] = {}
+    for name in names(kind):
+        folders.setdefault(name.rpartition("/")[0], []).append(name)
+    shown = [n for folder, members in folders.items() if not folder or len(members) <= FOLDED
+             for n in members]
+    shown += [f"{folder}/* ({len(members)})" for folder, members in folders.items()
+              if folder and len(members) > FOLDED]
+    return f"the packaged {kind}s: {', '.join(sorted(shown)) or '(none installed)'}"
 
 
 def _exists(value: str) -> bool:

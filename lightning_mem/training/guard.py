@@ -213,7 +213,7 @@ class RunStatus(L.Callback):
     At every epoch end (the next epoch's start, and the training's end) the ``running`` record is written
     again with ``metrics``: the last epoch's ``train/loss``, ``train/acc``, ``val/acc`` and main alignment
     (:func:`~lightning_mem.training.progress.progress_figures`), so sweeps, reports and dashboards see
-    how far a run is; a ``finished`` record has them too.
+    how far a run is.
 
     At every training epoch start the loggers are flushed (``logger.save()``), so the rows of every
     finished epoch are on disk before the next one starts: a run killed at any point loses at most
@@ -260,7 +260,7 @@ class RunStatus(L.Callback):
         self.batches_started += 1
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, rundir.FINISHED, metrics=progress_figures(trainer))
+        self._write(trainer, rundir.FINISHED)  # as an ensemble member's: the figures are in metrics.csv
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

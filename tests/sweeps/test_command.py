@@ -661,11 +661,11 @@ def test_a_sweep_started_outside_the_repository_reads_the_packaged_configs(tmp_p
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--config configs/nope.yaml: no such file and no packaged config of that name" in proc.stderr
-    assert "paper/base" in proc.stderr  # the packaged configs are listed
+    assert ", quickstart, " in proc.stderr and "paper/* (" in proc.stderr  # the packaged configs are listed
     assert f"relative to the folder the runner starts in, {tmp_path}; a config the package ships" \
         in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
     proc = subprocess.run([*SWEEP_MAIN, "local", "cpu_mnist5", "--dry-run"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no packaged sweep of that name" in proc.stderr, proc.stderr[-2000:]
-    assert "cpu_mnist5k_random" in proc.stderr and "repro/sin_sigma" in proc.stderr
+    assert "cpu_mnist5k_random" in proc.stderr and "repro/* (" in proc.stderr

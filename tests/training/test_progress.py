@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from lightning_mem import rundir
 from lightning_mem.training.progress import ProgressLog, progress_line, row_figures
 
 # A fit with no config file; digits: 1,437 training images / 256 -> 6 steps an epoch.
@@ -69,5 +70,6 @@ def test_status_json_of_a_running_fit_advances_every_epoch(tmp_path: Path) -> No
     assert len(lines) == 12, lines  # --run.progress_every_s 0: one line every epoch
     assert lines[-1].startswith("epoch 12/12 step 72 train/loss ")
     assert " align/grad/hidden.weight " in lines[-1]
-    assert f"train/acc {final['metrics']['train/acc']:.4g} " in lines[-1]  # the line and the record agree
+    last = rundir.final_metrics(run_dir)
+    assert f"train/acc {last['train/acc']:.4g} " in lines[-1]  # the line and metrics.csv agree
     assert "TORCHVISION False" in err  # an MLP on the embedded digits never imports torchvision
