@@ -9,6 +9,9 @@ the two Lightning attributes below.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,6 +30,7 @@ PRIVATE_NAMES = (
     ("jsonargparse", "hyper_parameters keys saved by LightningCLI", "_class_path"),
     ("wandb-workspaces", "wandb_workspaces.workspaces.Workspace", "_spec"),
     ("torch", "torch.amp.GradScaler", "_get_scale_async"),
+    ("torchmetrics", "torchmetrics.utilities.imports", "_TORCHVISION_AVAILABLE"),
 )
 
 # Keys LightningCLI adds to ``hyper_parameters`` beside the parsed config (the instantiator and class
@@ -92,3 +96,38 @@ def route_header_rewrite(writer_cls: type) -> type:
 
     setattr(writer_cls, REWRITE_WITH_NEW_HEADER, rewrite)
     return writer_cls
+
+
+TORCHMETRICS_IMPORTS = "torchmetrics.utilities.imports"  # the module of torchmetrics' availability flags
+
+
+def torchmetrics_without_torchvision() -> None:
+    """Let torchmetrics import without torchvision (a ``lightning-mem`` command's start, ~1-4 s less).
+
+    ``import torchmetrics`` (which Lightning does) imports every metric module, and those behind
+    torchvision (ARNIQA, DISTS, LPIPS, box IoUs, mAP) import it whenever it is installed, as decided by the
+    flag ``_TORCHVISION_AVAILABLE`` of :data:`TORCHMETRICS_IMPORTS`. That module is loaded here first, from
+    its file (no public hook exists: importing it runs torchmetrics' ``__init__``), with the flag off; the
+    package never uses those metrics. torchvision still imports as usual where a dataset or a net of the
+    package asks for it. A no-op once torchmetrics is imported, or when it is not installed.
+    """
+    if "torchmetrics" in sys.modules or TORCHMETRICS_IMPORTS in sys.modules:
+        return
+    spec = importlib.util.find_spec("torchmetrics")  # a top-level spec: nothing is executed
+    if spec is None or not spec.submodule_search_locations:
+        return
+    path = Path(next(iter(spec.submodule_search_locations)), "utilities", "imports.py")
+    flags_spec = importlib.util.spec_from_file_location(TORCHMETRICS_IMPORTS, path)
+    if flags_spec is None or flags_spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(flags_spec)
+    sys.modules[TORCHMETRICS_IMPORTS] = module
+    try:
+        flags_spec.loader.exec_module(module)
+    except Exception:  # another release's layout: torchmetrics imports as it would
+        del sys.modules[TORCHMETRICS_IMPORTS]
+        return
+    flag = getattr(module, "_TORCHVISION_AVAILABLE", None)
+    if flag is not None:
+        flag.available = False  # lightning_utilities' RequirementCache: read once, then cached here
+        flag.message = "torchvision is not imported by torchmetrics under lightning-mem (start-up time)"

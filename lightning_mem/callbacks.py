@@ -5,6 +5,8 @@
 - :class:`GrokkingMonitor` (:mod:`lightning_mem.training.grokking`): when a run fits and when it generalizes.
 - :class:`DivergenceGuard`, :class:`RunStatus` (:mod:`lightning_mem.training.guard`): stop on divergence;
   record how the run ended in ``status.json``.
+- :class:`ProgressBar`, :class:`ProgressLog` (:mod:`lightning_mem.training.progress`): epoch, accuracies
+  and the main alignment on the bar, or a line every few seconds where the bar is off.
 - :class:`CheckpointPublisher` (:mod:`lightning_mem.training.checkpoints`): checkpoints written atomically.
 - :class:`EnsembleAlignmentMonitor` (:mod:`lightning_mem.ensemble.monitor`), :class:`EnsembleKernelMonitor`,
   :class:`EnsembleGrokkingMonitor` (:mod:`lightning_mem.ensemble.grokking`), :class:`MemberCheckpoint`,
@@ -22,6 +24,7 @@ from lightning_mem.ensemble.train import MemberCheckpoint, MemberStatus
 from lightning_mem.training.checkpoints import CheckpointPublisher
 from lightning_mem.training.grokking import GrokkingMonitor
 from lightning_mem.training.guard import DivergenceGuard, RunStatus
+from lightning_mem.training.progress import ProgressBar, ProgressLog
 
 __all__ = [
     "AlignmentMonitor",
@@ -35,5 +38,7 @@ __all__ = [
     "KernelMonitor",
     "MemberCheckpoint",
     "MemberStatus",
+    "ProgressBar",
+    "ProgressLog",
     "RunStatus",
 ]

@@ -19,7 +19,8 @@ from lightning_mem import _compat
 def test_every_private_name_is_checked_here() -> None:
     names = {name for _, _, name in _compat.PRIVATE_NAMES}
     assert names == {"_batches_that_stepped", "_checkpoint_io", "_rewrite_with_new_header", "_parser",
-                     "_every_n_train_steps", "_instantiator", "_class_path", "_spec", "_get_scale_async"}
+                     "_every_n_train_steps", "_instantiator", "_class_path", "_spec", "_get_scale_async",
+                     "_TORCHVISION_AVAILABLE"}
 
 
 def test_lightning_trainer_attributes() -> None:
@@ -72,3 +73,20 @@ def test_workspace_spec() -> None:
     assert hasattr(ws.Workspace, "_spec"), "wandb-workspaces: Workspace._spec moved"
     spec = _compat.workspace_spec(ws.Workspace(entity="e", project="p", name="n"))
     assert isinstance(spec, dict) and spec
+
+
+def test_torchmetrics_torchvision_flag() -> None:
+    # The flag torchmetrics reads before importing torchvision, and the cache that keeps it off once set
+    # (the effect itself, no torchvision in a fit's process: tests/cli/test_progress.py).
+    from lightning_utilities.core.imports import RequirementCache
+    from torchmetrics.utilities import imports
+
+    flag = getattr(imports, "_TORCHVISION_AVAILABLE", None)
+    assert isinstance(flag, RequirementCache), "torchmetrics: utilities.imports._TORCHVISION_AVAILABLE moved"
+    off = RequirementCache("torchvision")
+    off.available = False
+    assert not off, "lightning_utilities: RequirementCache no longer keeps a set `available`"
+    import importlib
+
+    arniqa = importlib.import_module("torchmetrics.functional.image.arniqa")  # the module, not its function
+    assert "_TORCHVISION_AVAILABLE" in vars(arniqa), "torchmetrics: arniqa no longer reads the flag"

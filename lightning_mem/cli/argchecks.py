@@ -30,10 +30,11 @@ from typing import Any, TypeGuard
 import yaml
 
 from lightning_mem import safeyaml
+from lightning_mem.cli import packaged
 from lightning_mem.cli.argv import option_values
+from lightning_mem.cli.packaged import CONFIG_OPTIONS  # options whose value is a config file
 from lightning_mem.dotted import flat_items
 
-CONFIG_OPTIONS = ("--config", "--model", "--data", "--trainer")  # options whose value is a config file
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything enforces
 INT_MAX = 2**63 - 1  # a C long: torch, numpy and Lightning convert integers to it
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: lr, init_std, ... meet float32 tensors
@@ -65,8 +66,9 @@ def load_config_file(option: str, value: str) -> Mapping[str, Any] | None:
         if _looks_inline(value):
             safeyaml.check(value, f"{option} (YAML text)")
             return None
-        raise ValueError(f"{option} {value}: no such file; give the path of a YAML config file "
-                         "(configs/*.yaml)")
+        raise ValueError(f"{option} {value}: no such file and no packaged config of that name; give the path "
+                         f"of a YAML config file or one of {packaged.listing('config')} (`lightning-mem "
+                         "configs list`)")
     if path.is_dir():
         raise ValueError(f"{option} {value}: is a directory, not a config file; give a YAML file in it")
     if not path.is_file():  # /dev/null, a pipe (which would block the read), a socket

@@ -15,11 +15,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_mem import _compat
 from lightning_mem.errors import EXIT_BAD_INPUT
 
 # LightningCLI's subcommands (lightning_mem.cli.fit), with their one-line help.
 LIGHTNING = {
-    "fit": "train a model; results in runs/<run.name>/<run.id>/ (--config FILE ..., --help for every option)",
+    "fit": "train a model; results in runs/<run.name>/<run.id>/ (--help: the main options, --help-all: all)",
     "validate": "evaluate a checkpoint on the held-out split (--ckpt_path FILE)",
     "test": "evaluate a checkpoint on the held-out split, logged as test/* (--ckpt_path FILE)",
 }
@@ -30,6 +31,7 @@ TOOLS = {
     "theorem1": ("lightning_mem.analysis.theorem1",
                  "check the paper's Theorem 1 by Monte Carlo on MNIST pairs"),
     "dashboard": ("lightning_mem.results.dashboard", "interactive HTML dashboard or W&B workspace of runs"),
+    "configs": ("lightning_mem.cli.packaged", "list, show or copy the configs and sweeps the package ships"),
     "ensemble": ("lightning_mem.ensemble.command",
                  "train a σ × seed grid as one ensemble in one process (fit)"),
 }
@@ -68,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.write(f"lightning-mem {__version__}\n")
         return
     if first in TOOLS:
+        if first == "ensemble":  # torch and Lightning follow
+            _compat.torchmetrics_without_torchvision()
         importlib.import_module(TOOLS[first][0]).main(args[1:])
         return
     if first in PASSTHROUGH:
@@ -78,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stderr.write(usage().splitlines()[0] + f"\nlightning-mem: error: {what}; choose from "
                          f"{names} (`lightning-mem --help` says what each does)\n")
         raise SystemExit(EXIT_BAD_INPUT)
+    from lightning_mem.cli import fit_help  # torch-free: `fit --help` the short table, `--help-all` the full
+
+    if fit_help.wants_short_help(args):
+        sys.stdout.write(fit_help.short_help())
+        return
+    if fit_help.HELP_ALL in args:
+        args = fit_help.full_help_args(args)
+        if argv is None:
+            sys.argv[1:] = args
+    _compat.torchmetrics_without_torchvision()  # no torchvision unless a dataset or a net asks for it
     from lightning_mem.cli.run import run  # torch and Lightning: only for fit/validate/test
 
     run(args if argv is not None else None)  # None: LightningCLI reads sys.argv itself

@@ -30,7 +30,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_mem import rundir
-from lightning_mem.cli import argchecks
+from lightning_mem.cli import argchecks, defaults
 from lightning_mem.cli import faults as machinefaults
 from lightning_mem.cli.argv import option_values
 from lightning_mem.cli.runfolder import RunFolder, global_rank
@@ -44,7 +44,7 @@ from lightning_mem.training.checkpoints import (
     load_checkpoint,
     state_differences,
 )
-from lightning_mem.training.guard import DivergedError, DivergenceGuard, RunStatus
+from lightning_mem.training.guard import DivergedError, RunStatus
 from lightning_mem.training.loggers import configure_loggers, setup_wandb_run, wandb_run_config
 from lightning_mem.training.precision import precision_risk, reduced_precision, tf32_policy
 
@@ -201,6 +201,7 @@ class MemCLI(RunFolder, LightningCLI):
             help="Run a sin/sigmoid/tanh net at init_std ≥ 1 under TF32 or 16-bit precision anyway "
             "(refused otherwise; see README 'Precision').",
         )
+        defaults.add_switches(parser)
         # Shared by data and model: stated once, by the dataset's row in the table.
         parser.link_arguments("data.dataset", "model.net.init_args.num_classes", compute_fn=_num_classes)
         parser.link_arguments("data.dataset", "model.net.init_args.input_shape", compute_fn=_input_shape)
@@ -320,15 +321,16 @@ class MemCLI(RunFolder, LightningCLI):
         return text
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The configured Trainer plus our default callbacks (unless configured explicitly): a
-        :class:`DivergenceGuard`, a :class:`RunStatus` writing ``status.json`` and a ``ModelCheckpoint``
-        at every epoch end (newest kept) and ``last.ckpt``, both in the run folder."""
+        """The configured Trainer plus our default callbacks (unless configured explicitly): those of
+        :mod:`lightning_mem.cli.defaults`, a :class:`RunStatus` writing ``status.json`` and a
+        ``ModelCheckpoint`` at every epoch end (newest kept) and ``last.ckpt``, both in the run folder."""
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer_config = config.get("trainer") or {}
         configured = trainer_config.get("callbacks") or []
         callbacks = list(configured) if isinstance(configured, list) else [configured]
-        if not any(isinstance(c, DivergenceGuard) for c in callbacks):
-            callbacks.append(DivergenceGuard())
+        run = (self.config[self.subcommand] if self.subcommand else self.config).get("run")
+        callbacks = defaults.with_defaults(callbacks, run, self.subcommand,  # monitor, guard, progress
+                                           trainer_config.get("enable_progress_bar") is not False)
         if not any(isinstance(c, RunStatus) for c in callbacks):
             callbacks.append(RunStatus(dirpath=str(self.run_dir)))
         if not any(isinstance(c, CheckpointPublisher) for c in callbacks):

@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import signal
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_mem import safeyaml
-from lightning_mem.cli import argchecks
+from lightning_mem.cli import argchecks, packaged
 from lightning_mem.cli.fit import CONFIG_ERRORS, ConfigToRun, MemCLI, _error_text
 from lightning_mem.cli.runfolder import RUN_ID_ENV
 from lightning_mem.data.datamodule import ImageClassificationData
@@ -35,6 +36,7 @@ def build_cli(
     # makes ${model.lr} in a config file mean the key of the file's own tree, as users write it.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     safeyaml.install_jsonargparse_loader("omegaconf+")  # YAML values on the command line are bounded too
+    args = _packaged_configs(args)
     return (cli_class or MemCLI)(
         MemorizationModule,
         ImageClassificationData,
@@ -47,6 +49,18 @@ def build_cli(
         run=run,
         auto_configure_optimizers=False,
     )
+
+
+def _packaged_configs(args: list[str] | None) -> list[str] | None:
+    """``--config NAME`` of a packaged config (``quickstart``, ``paper/base``) as that file's path when no
+    such path exists (:mod:`lightning_mem.cli.packaged`); with ``args`` None, ``sys.argv`` is rewritten in
+    place (LightningCLI reads it itself)."""
+    if args is not None:
+        return packaged.resolve_config_args(args)
+    resolved = packaged.resolve_config_args(sys.argv[1:])
+    if resolved != sys.argv[1:]:
+        sys.argv[1:] = resolved
+    return None
 
 
 class _ParseOnlyCLI(MemCLI):

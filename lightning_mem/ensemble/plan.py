@@ -34,6 +34,7 @@ import yaml
 
 from lightning_mem import rundir, safeyaml
 from lightning_mem.cli.argv import fit_args, options
+from lightning_mem.cli.packaged import resolve_config
 
 # The one table of what the members of an ensemble may differ in: the field of MemberSpec
 # (lightning_mem.ensemble.stacked) -> (the ``fit`` option that sets it, the key of the parsed config that
@@ -74,7 +75,7 @@ def net_class(args: Sequence[str], params: dict[str, Any]) -> str | None:
     found: str | None = None
     for key, value in options(args):
         if key == "--config":
-            path = Path(value)
+            path = Path(resolve_config(value))  # a packaged config's name: its file
             if not path.is_file():  # the run's args.json, written at its start: its values are the params
                 continue
             try:

@@ -33,6 +33,7 @@ from lightning_mem.ensemble.stacked import MemberSpec, StackedMLP
 from lightning_mem.nets import Activation
 from lightning_mem.nets.paper import InitRule
 from lightning_mem.rundir import write_status
+from lightning_mem.training.progress import row_figures
 
 # Dotted config keys of a single run that may differ between the members of one ensemble.
 
@@ -116,7 +117,9 @@ class MemberStatus(L.Callback):
     ``reason``, ``message``) at the end of the epoch in which the member diverged — the others go on —,
     ``finished`` at the fit's end, ``interrupted`` (SIGTERM, Ctrl-C) or ``failed`` on an exception. Every
     record has ``global_step`` and ``epoch`` (the trainer's then; a diverged record: the epoch of the
-    divergence). ``dirpaths[k]`` None: member k is not written (a member that ended before a resume).
+    divergence). The ``running`` record is written again at every epoch end with ``metrics`` (the member's
+    last ``train/loss``, ``train/acc``, ``val/acc`` and main alignment). ``dirpaths[k]`` None: member k is
+    not written (a member that ended before a resume).
     On an exception it also flushes every member's loggers, as Lightning flushes a single run's.
     """
 
@@ -124,6 +127,7 @@ class MemberStatus(L.Callback):
         super().__init__()
         self.dirpaths = [None if d is None else Path(d) for d in dirpaths]
         self._ended: set[int] = set()
+        self._first_epoch = 0
 
     def _write(
         self, trainer: L.Trainer, k: int, status: str, epoch: int | None = None, **fields: Any
@@ -146,12 +150,20 @@ class MemberStatus(L.Callback):
         return [d is None for d in records]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first_epoch = trainer.current_epoch
         for k, alive in enumerate(self._diverged(trainer, pl_module)):
             if alive:
                 self._write(trainer, k, rundir.RUNNING, pid=os.getpid(), host=socket.gethostname())
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._diverged(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The end of an epoch this process trained: each running member's record with its figures.
+        if trainer.current_epoch > self._first_epoch:
+            for k, row in enumerate(getattr(pl_module, "last_metrics", [])):
+                self._write(trainer, k, rundir.RUNNING, pid=os.getpid(), host=socket.gethostname(),
+                            metrics=row_figures(row))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for k, alive in enumerate(self._diverged(trainer, pl_module)):

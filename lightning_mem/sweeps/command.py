@@ -36,6 +36,7 @@ from pathlib import Path
 
 from lightning_mem import rundir
 from lightning_mem.checks import path_arg
+from lightning_mem.cli.packaged import resolve_sweep
 from lightning_mem.errors import EXIT_BAD_INPUT
 from lightning_mem.sweeps.launch import cmd_agents, slots_of
 from lightning_mem.sweeps.runner import LocalSweep
@@ -67,7 +68,7 @@ def _dry_run_packs(sweep: LocalSweep, slots: list[str | None]) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    sweep = LocalSweep(Path(args.sweep), Path(args.root), wandb_mode=args.wandb_mode,
+    sweep = LocalSweep(resolve_sweep(args.sweep), Path(args.root), wandb_mode=args.wandb_mode,
                        kill_timeout=args.kill_timeout, count=args.count, seed=args.seed, pack=args.pack,
                        pack_size=args.pack_size)
     check_runs(sweep.spec, sweep.path, sweep.params)  # before --dry-run prints or anything is written
@@ -144,7 +145,8 @@ def parser() -> argparse.ArgumentParser:
                 "one slot per --gpus-per-run of them (default: no pinning)")
     per_run_help = "GPUs per run (agent): --gpus 0,1,2,3 --gpus-per-run 2 gives slots 0,1 and 2,3 (default 1)"
     loc = sub.add_parser("local", help="Run a sweep YAML (grid or random) on this machine, with a manifest.")
-    loc.add_argument("sweep", type=path_arg, help="W&B sweep YAML (sweeps/*.yaml)")
+    loc.add_argument("sweep", type=path_arg, help="W&B sweep YAML, or the name of a packaged sweep "
+                     "(`lightning-mem configs list sweep`)")
     loc.add_argument("--gpus", help=gpu_help)
     loc.add_argument("--gpus-per-run", type=_positive, default=1, help=per_run_help)
     loc.add_argument("--max-parallel", type=_parallel, default=None,

@@ -27,6 +27,7 @@ from typing import Any
 
 from lightning_mem import rundir
 from lightning_mem.checks import path_arg
+from lightning_mem.cli.packaged import resolve_sweep
 from lightning_mem.sweeps.outcomes import error_line
 from lightning_mem.sweeps.runner import Job, LocalSweep
 from lightning_mem.sweeps.slurmtask import CLAIMS, AgentTask, PackTask, RunTask, queued_jobs
@@ -132,8 +133,8 @@ def check_cluster(opts: dict[str, str], root: Path, flag: str = "--root") -> Non
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
-    sweep = LocalSweep(Path(args.sweep), Path(args.root), wandb_mode=args.wandb_mode, count=args.count,
-                       seed=args.seed, pack=args.pack, pack_size=args.pack_size)
+    sweep = LocalSweep(resolve_sweep(args.sweep), Path(args.root), wandb_mode=args.wandb_mode,
+                       count=args.count, seed=args.seed, pack=args.pack, pack_size=args.pack_size)
     check_runs(sweep.spec, sweep.path, sweep.params)
     opts = slurm_options(args)
     sweep.load()
@@ -266,7 +267,7 @@ def add_cluster_flags(p: argparse.ArgumentParser, positive: Any) -> None:
 def add_parsers(sub: Any, positive: Any) -> None:
     """Register ``slurm`` and ``status`` on the ``sweep`` command's subparsers."""
     sl = sub.add_parser("slurm", help="Submit a sweep YAML as one SLURM job array.")
-    sl.add_argument("sweep", type=path_arg, help="W&B sweep YAML (sweeps/*.yaml)")
+    sl.add_argument("sweep", type=path_arg, help="W&B sweep YAML, or a packaged sweep's name")
     sl.add_argument("--root", type=path_arg, default="runs",
                     help="runs go to ROOT/<sweep name>/<run id>/, shared by the nodes (default: runs)")
     sl.add_argument("--count", type=positive, default=None, help="runs (method random; caps a grid)")

@@ -199,6 +199,7 @@ def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any
                 where = ""
                 if "no such file" in problem:  # the command's relative paths: from the current folder
                     where = (" (paths in the sweep's command are relative to the folder the runner starts "
-                             f"in, {Path.cwd()}: start it from the repository root)")
+                             f"in, {Path.cwd()}; a config the package ships is named by its name, e.g. "
+                             "`--config quickstart` or `configs/quickstart.yaml`)")
                 raise ValueError(f"{path}: run {rid} ({shown}) would fail before training: {problem}{where}; "
                                  "no run was started")

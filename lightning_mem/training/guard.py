@@ -29,6 +29,7 @@ from torch import Tensor
 from lightning_mem import rundir
 from lightning_mem.errors import DivergedError
 from lightning_mem.rundir import write_status
+from lightning_mem.training.progress import progress_figures
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,11 @@ class RunStatus(L.Callback):
     ``step`` of ``metrics.csv``) whose loss or weights were non-finite — ``global_step`` is where the
     guard noticed, up to ``check_every_n_steps`` later — and ``reason`` and ``message``.
 
+    At every epoch end (the next epoch's start, and the training's end) the ``running`` record is written
+    again with ``metrics``: the last epoch's ``train/loss``, ``train/acc``, ``val/acc`` and main alignment
+    (:func:`~lightning_mem.training.progress.progress_figures`), so sweeps, reports and dashboards see
+    how far a run is.
+
     At every training epoch start the loggers are flushed (``logger.save()``), so the rows of every
     finished epoch are on disk before the next one starts: a run killed at any point loses at most
     the epoch in progress, which a resume from its epoch-end checkpoint logs again.
@@ -221,6 +227,7 @@ class RunStatus(L.Callback):
         super().__init__()
         self.dirpath = dirpath
         self.batches_started = 0  # training batches begun by this process (0: the fit failed in its setup)
+        self._first_epoch = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None and trainer.log_dir is not None:
@@ -232,17 +239,28 @@ class RunStatus(L.Callback):
                          epoch=trainer.current_epoch, **fields)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first_epoch = trainer.current_epoch  # after a resume: the checkpoint's epoch
         self._write(trainer, rundir.RUNNING, pid=os.getpid(), host=socket.gethostname())
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for logger in trainer.loggers:
             logger.save()
+        if trainer.current_epoch > self._first_epoch:  # the end of an epoch this process trained
+            self._progress(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._progress(trainer)
+
+    def _progress(self, trainer: L.Trainer) -> None:
+        """The running record again, with the epoch, the step and the last epoch's figures."""
+        self._write(trainer, rundir.RUNNING, pid=os.getpid(), host=socket.gethostname(),
+                    metrics=progress_figures(trainer))
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         self.batches_started += 1
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, rundir.FINISHED)
+        self._write(trainer, rundir.FINISHED)  # as an ensemble member's: the figures are in metrics.csv
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

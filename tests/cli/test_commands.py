@@ -61,12 +61,14 @@ def test_tools_start_without_torch_or_lightning(tool: str) -> None:
     assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
 
 
-def test_fit_help_goes_to_lightning(capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_help_all_goes_to_lightning(capsys: pytest.CaptureFixture[str]) -> None:
+    # `fit --help` is the short table (tests/cli/test_fit_help.py); `--help-all` LightningCLI's full help.
     with pytest.raises(SystemExit) as exc:
-        commands.main(["fit", "--help"])
+        commands.main(["fit", "--help-all"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--ckpt_path" in out and "--run.id" in out and "--precision.tf32" in out
+    assert "--run.alignment_monitor" in out and "--run.divergence_guard" in out
 
 
 def test_wandb_runs_wandbs_own_command_line() -> None:

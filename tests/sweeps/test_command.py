@@ -453,7 +453,7 @@ def _sweep_file_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
     (tmp / "list.yaml").write_text("- just\n- a list\n")
     (tmp / "folder.yaml").mkdir()
     return {
-        "missing": (tmp / "missing.yaml", "cannot read the sweep file"),
+        "missing": (tmp / "missing.yaml", "no such file and no packaged sweep of that name"),
         "directory": (tmp / "folder.yaml", "cannot read the sweep file"),
         "empty": (tmp / "empty.yaml", "a sweep is a mapping"),
         "truncated": (tmp / "truncated.yaml", "not valid YAML"),
@@ -645,15 +645,27 @@ def test_every_sweep_file_expands_to_commands_the_cli_accepts(
             assert [type(lg).__name__ for lg in built.trainer.loggers] == ["RunCSVLogger", "RunWandbLogger"]
 
 
-def test_a_sweep_started_outside_the_repository_names_where_its_paths_are_read(tmp_path: Path) -> None:
-    # The shipped sweeps name `configs/...` relative to the repository root; started elsewhere, the check
-    # before launch stops it (exit 2) saying where the paths were looked for, and starts nothing.
+def test_a_sweep_started_outside_the_repository_reads_the_packaged_configs(tmp_path: Path) -> None:
+    # The shipped sweeps name `configs/...`; started elsewhere (no such path there), by its packaged name, the
+    # check before launch reads the packaged copies (lightning_mem.cli.packaged); a config that is neither a
+    # path nor packaged stops it (exit 2) naming where the relative paths were looked for, starting nothing.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([*SWEEP_MAIN, "local", str(REPO / "sweeps" / "cpu_mnist5k.yaml"), "--root",
-                           str(tmp_path / "runs"), "--dry-run"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([*SWEEP_MAIN, "local", "cpu_mnist5k", "--root", str(tmp_path / "runs"),
+                           "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("--config configs/quickstart.yaml") == 4
+    spec = yaml.safe_load((REPO / "sweeps" / "cpu_mnist5k.yaml").read_text())
+    spec["command"] = [a.replace("configs/quickstart.yaml", "configs/nope.yaml") for a in spec["command"]]
+    (tmp_path / "nope.yaml").write_text(yaml.safe_dump(spec))
+    proc = subprocess.run([*SWEEP_MAIN, "local", "nope.yaml", "--root", str(tmp_path / "runs"), "--dry-run"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "--config configs/quickstart.yaml: no such file" in proc.stderr
-    assert f"relative to the folder the runner starts in, {tmp_path}: start it from the repository root" \
+    assert "--config configs/nope.yaml: no such file and no packaged config of that name" in proc.stderr
+    assert ", quickstart, " in proc.stderr and "paper/* (" in proc.stderr  # the packaged configs are listed
+    assert f"relative to the folder the runner starts in, {tmp_path}; a config the package ships" \
         in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
+    proc = subprocess.run([*SWEEP_MAIN, "local", "cpu_mnist5", "--dry-run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no packaged sweep of that name" in proc.stderr, proc.stderr[-2000:]
+    assert "cpu_mnist5k_random" in proc.stderr and "repro/* (" in proc.stderr

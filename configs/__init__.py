@@ -1,0 +1,1 @@
+"""The packaged configs (package data ``lightning_mem.configs``; see lightning_mem/cli/packaged.py)."""
