@@ -31,6 +31,7 @@ from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
 from lightning_mem.ensemble.stacked import MemberSpec, StackedMLP
 from lightning_mem.nets import Activation
 from lightning_mem.rundir import write_status
+from lightning_mem.training.checkpoints import install_checkpoint_io
 
 # Dotted config keys of a single run that may differ between the members of one ensemble.
 
@@ -203,7 +204,7 @@ def fit_ensemble(
             writing its run folder's ``metrics.csv``). The trainer itself has no logger.
         monitor: Per-member alignment (None: none).
         checkpoint_dir: Where the whole ensemble is checkpointed at every epoch end (``epoch<N>.ckpt``,
-            newest kept, and ``last.ckpt``, as the CLI's single runs); None: no checkpoints.
+            newest kept, and ``last.ckpt`` a hard link to it, as the CLI's single runs); None: none.
         member_checkpoint_dirs: Folder per member for its single-run-format ``last.ckpt``.
         ckpt_path: An ensemble checkpoint to resume from (weights, divergence state, epoch and step).
         trainer_kwargs: ``lightning.Trainer`` arguments (``max_epochs``, ``accelerator``, ...).
@@ -225,6 +226,8 @@ def fit_ensemble(
     trainer_kwargs = {"enable_progress_bar": False, "enable_model_summary": False, **trainer_kwargs}
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in cbs)
     trainer = L.Trainer(logger=False, callbacks=cbs, enable_checkpointing=checkpointing, **trainer_kwargs)
+    if checkpointing:
+        install_checkpoint_io(trainer)  # whole files; last.ckpt a hard link to the epoch's (no second copy)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     results = []
     for k, divergence in enumerate(module.divergence()):

@@ -14,7 +14,8 @@ its name, fsynced and renamed over it, so ``last.ckpt`` is whole or absent whate
 The epoch-end checkpoint is written by ``ModelCheckpoint`` before Lightning logs the epoch's ``train/*``
 row; its rename waits until that row is on disk, so a published checkpoint never claims an epoch whose
 rows a resume could not find (``metrics.csv`` after a kill and a resume is byte-identical to an
-uninterrupted run's: README, "Reliability").
+uninterrupted run's: README, "Reliability"). ``last.ckpt`` is a hard link to the epoch checkpoint of the
+same step (``ModelCheckpoint(save_last=True)`` writes the same state twice), so its bytes are on disk once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import io
 import os
 import re
+import secrets
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -217,6 +219,16 @@ class RunCheckpointIO(TorchCheckpointIO):
     While :attr:`hold` is set (by :class:`CheckpointPublisher`, from a train epoch's end until its rows
     are on disk), the renames and removals wait in order for :meth:`publish`; :meth:`discard` drops them.
     Paths with a URL scheme (``s3://``) go to Lightning's own writer.
+
+    ``last.ckpt`` asked for right after another checkpoint of the same folder, epoch and step, with the
+    same loop, callback and hyperparameter state (what ``save_last=True`` does after each epoch's file from
+    the second epoch on; at the first, ``ModelCheckpoint``'s own state differs, so that one is written) is
+    not written again: a hard link to that file's bytes takes a temporary name beside it and is renamed
+    onto ``last.ckpt`` like any written file. A hard link
+    rather than a symbolic one (Lightning's ``save_last="link"``): it cannot dangle, whichever name is
+    removed first (Lightning removes the previous epoch's file before it saves ``last.ckpt``), and it
+    works while the epoch's file is still held under its temporary name; ``last.ckpt`` stays a plain file
+    for every reader. Where the filesystem has no hard links, the bytes are written as before.
     """
 
     def __init__(self) -> None:
@@ -224,6 +236,9 @@ class RunCheckpointIO(TorchCheckpointIO):
         self.hold = False
         # In order: ("replace", target, tmp) or ("remove", target, None).
         self._pending: list[tuple[str, Path, Path | None]] = []
+        # The last file written: (its name, the file holding its bytes now, (global_step, epoch), the bytes
+        # of its state other than the weights and the optimizer's).
+        self._written: tuple[Path, Path, tuple[int, int], bytes] | None = None
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
@@ -234,6 +249,11 @@ class RunCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"storage_options is not supported by {type(self).__name__}")
         target = Path(path)
         target.parent.mkdir(exist_ok=True)  # checkpoints/ only: a run folder removed under the fit stays gone
+        step, epoch = checkpoint.get("global_step"), checkpoint.get("epoch")
+        when = (step, epoch) if isinstance(step, int) and isinstance(epoch, int) else None
+        state = _state_bytes(checkpoint) if when is not None else b""
+        if when is not None and target.name == rundir.LAST_CKPT and self._link_last(target, when, state):
+            return
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX)
@@ -252,11 +272,33 @@ class RunCheckpointIO(TorchCheckpointIO):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        self._place(target, tmp)
+        self._written = (target, tmp if self.hold else target, when, state) if when is not None else None
+
+    def _place(self, target: Path, tmp: Path) -> None:
+        """Rename ``tmp`` onto ``target`` now, or when published while :attr:`hold` is set."""
         if self.hold:
             self._pending.append(("replace", target, tmp))
         else:
             os.replace(tmp, target)
             rundir.fsync_dir(target.parent)
+
+    def _link_last(self, target: Path, when: tuple[int, int], state: bytes) -> bool:
+        """``target`` (``last.ckpt``) as a hard link to the file just written in its folder at the same
+        step and epoch with the same state; False (write the bytes) if there is none or the filesystem
+        refuses the link."""
+        if self._written is None:
+            return False
+        name, source, written_when, written_state = self._written
+        if name.parent != target.parent or name == target or (written_when, written_state) != (when, state):
+            return False
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network or FUSE filesystems), or the file is gone
+            return False
+        self._place(target, tmp)
+        return True
 
     @staticmethod
     def _write(fh: IO[bytes], data: Any) -> None:
@@ -277,7 +319,7 @@ class RunCheckpointIO(TorchCheckpointIO):
 
     def publish(self) -> None:
         """Rename the held files onto their names (``last.ckpt`` first), then do the held removals."""
-        ops, self._pending, self.hold = self._pending, [], False
+        ops, self._pending, self.hold, self._written = self._pending, [], False, None
         replaces = sorted((op for op in ops if op[0] == "replace"),
                           key=lambda op: op[1].name != rundir.LAST_CKPT)
         for _, target, tmp in replaces:
@@ -291,10 +333,18 @@ class RunCheckpointIO(TorchCheckpointIO):
 
     def discard(self) -> None:
         """Drop the held files (their epoch's rows never reached the disk) and the held removals."""
-        ops, self._pending, self.hold = self._pending, [], False
+        ops, self._pending, self.hold, self._written = self._pending, [], False, None
         for _, _, tmp in ops:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
+
+
+def _state_bytes(checkpoint: Mapping[str, Any]) -> bytes:
+    """The checkpoint's sections other than the weights and the optimizer's state, serialized (small):
+    two checkpoints of one step are the same file when these bytes are."""
+    buffer = io.BytesIO()
+    torch.save({k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}, buffer)
+    return buffer.getvalue()
 
 
 def install_checkpoint_io(trainer: L.Trainer) -> RunCheckpointIO | None:
