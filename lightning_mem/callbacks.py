@@ -5,7 +5,7 @@
 - :class:`GrokkingMonitor` (:mod:`lightning_mem.training.grokking`): when a run fits and when it generalizes.
 - :class:`DivergenceGuard`, :class:`RunStatus` (:mod:`lightning_mem.training.guard`): stop on divergence;
   record how the run ended in ``status.json``.
-- :class:`CheckpointPublisher` (:mod:`lightning_mem.training.checkpoints`): checkpoints written atomically.
+- :class:`CheckpointPublisher` (:mod:`lightning_mem.training.checkpoint_io`): checkpoints written atomically.
 - :class:`EnsembleAlignmentMonitor` (:mod:`lightning_mem.ensemble.monitor`), :class:`EnsembleKernelMonitor`,
   :class:`MemberCheckpoint`,
   :class:`MemberStatus` (:mod:`lightning_mem.ensemble.train`): the same for every member of an ensemble.
@@ -18,7 +18,7 @@ from lightning_mem.cli.fit import ConfigToRun
 from lightning_mem.ensemble.kernel_monitor import EnsembleKernelMonitor
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
 from lightning_mem.ensemble.train import MemberCheckpoint, MemberStatus
-from lightning_mem.training.checkpoints import CheckpointPublisher
+from lightning_mem.training.checkpoint_io import CheckpointPublisher
 from lightning_mem.training.grokking import GrokkingMonitor
 from lightning_mem.training.guard import DivergenceGuard, RunStatus
 
