@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
 from lightning_mem.ensemble.stacked import MemberSpec, StackedMLP
 from lightning_mem.nets import Activation
 from lightning_mem.rundir import write_status
-from lightning_mem.training.checkpoints import install_checkpoint_io
+from lightning_mem.training.checkpoint_io import install_checkpoint_io
 
 # Dotted config keys of a single run that may differ between the members of one ensemble.
 
@@ -116,13 +117,18 @@ class MemberStatus(L.Callback):
     ``finished`` at the fit's end, ``interrupted`` (SIGTERM, Ctrl-C) or ``failed`` on an exception. Every
     record has ``global_step`` and ``epoch`` (the trainer's then; a diverged record: the epoch of the
     divergence). ``dirpaths[k]`` None: member k is not written (a member that ended before a resume).
+    While it trains, each alive member's ``running`` record is rewritten at an epoch end with the epoch
+    in progress and the step (at most every ``progress_every`` seconds: K files a time, and a small
+    net's epochs take milliseconds), so ``sweep local`` shows how far a pack is.
     On an exception it also flushes every member's loggers, as Lightning flushes a single run's.
     """
 
-    def __init__(self, dirpaths: Sequence[str | Path | None]) -> None:
+    def __init__(self, dirpaths: Sequence[str | Path | None], progress_every: float = 2.0) -> None:
         super().__init__()
         self.dirpaths = [None if d is None else Path(d) for d in dirpaths]
+        self.progress_every = progress_every
         self._ended: set[int] = set()
+        self._progress_at = -float("inf")
 
     def _write(
         self, trainer: L.Trainer, k: int, status: str, epoch: int | None = None, **fields: Any
@@ -150,7 +156,13 @@ class MemberStatus(L.Callback):
                 self._write(trainer, k, rundir.RUNNING, pid=os.getpid(), host=socket.gethostname())
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._diverged(trainer, pl_module)
+        alive = self._diverged(trainer, pl_module)
+        now = time.monotonic()
+        if now - self._progress_at >= self.progress_every:
+            self._progress_at = now
+            for k in (k for k, a in enumerate(alive) if a):
+                self._write(trainer, k, rundir.RUNNING, epoch=trainer.current_epoch + 1, pid=os.getpid(),
+                            host=socket.gethostname())
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for k, alive in enumerate(self._diverged(trainer, pl_module)):
