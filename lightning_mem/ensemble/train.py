@@ -29,6 +29,7 @@ from lightning_mem import rundir
 from lightning_mem.ensemble.data import EnsembleData
 from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
+from lightning_mem.ensemble.progress import EnsembleProgressBar, EnsembleProgressLog
 from lightning_mem.ensemble.stacked import MemberSpec, StackedMLP
 from lightning_mem.nets import Activation
 from lightning_mem.rundir import write_status
@@ -236,6 +237,9 @@ def fit_ensemble(
         cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch}",
                                    auto_insert_metric_name=False, save_last=True, every_n_epochs=1))
     trainer_kwargs = {"enable_progress_bar": False, "enable_model_summary": False, **trainer_kwargs}
+    # The members' summary: in the bar's postfix, or (bar off) a log line every 30 s.
+    bar = trainer_kwargs["enable_progress_bar"] is not False  # None: Lightning's default, on
+    cbs.append(EnsembleProgressBar() if bar else EnsembleProgressLog())
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in cbs)
     trainer = L.Trainer(logger=False, callbacks=cbs, enable_checkpointing=checkpointing, **trainer_kwargs)
     if checkpointing:

@@ -1,9 +1,9 @@
 """The live summary of ``sweep local`` (``lightning_mem/sweeps/progress.py``).
 
-Tier 1: the line and the time left against hand-computed values. Tier 2: a real runner process on four
-real child processes, one of which fails at run time and one diverges: the summary lines on its stderr.
-A real ``--pack`` sweep of real fits (one ensemble process, a diverging member counted while the pack
-trains on) is in the slow tier.
+Tier 1: the line and the time left against hand-computed values. Slow tier: a real runner process on four
+real child processes, one of which fails at run time and one diverges: the summary lines on its stderr;
+a real ``--pack`` sweep of real fits (one ensemble process, a diverging member counted while the pack
+trains on).
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def _lines(stderr: str, name: str) -> list[str]:
     return [line.split(tag, 1)[1] for line in stderr.splitlines() if f"{tag}sweep {name}" in line]
 
 
+@pytest.mark.slow  # four child processes, two at a time, 1 s each: ~3 s idle, ~8 s on busy shared cores
 def test_a_four_run_sweep_with_a_failing_run_prints_its_summary(tmp_path: Path) -> None:
     path = _write_sweep(tmp_path / "prog.yaml", {
         "case": {"values": ["ok", "fail", "diverge", "ok2"]}, "sleep": {"value": 1.0},
