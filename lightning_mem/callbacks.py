@@ -7,7 +7,7 @@
   record how the run ended in ``status.json``.
 - :class:`ProgressBar`, :class:`ProgressLog` (:mod:`lightning_mem.training.progress`): epoch, accuracies
   and the main alignment on the bar, or a line every few seconds where the bar is off.
-- :class:`CheckpointPublisher` (:mod:`lightning_mem.training.checkpoints`): checkpoints written atomically.
+- :class:`CheckpointPublisher` (:mod:`lightning_mem.training.checkpoint_io`): checkpoints written atomically.
 - :class:`EnsembleAlignmentMonitor` (:mod:`lightning_mem.ensemble.monitor`), :class:`EnsembleKernelMonitor`,
   :class:`EnsembleGrokkingMonitor` (:mod:`lightning_mem.ensemble.grokking`), :class:`MemberCheckpoint`,
   :class:`MemberStatus` (:mod:`lightning_mem.ensemble.train`): the same for every member of an ensemble.
@@ -21,7 +21,7 @@ from lightning_mem.ensemble.grokking import EnsembleGrokkingMonitor
 from lightning_mem.ensemble.kernel_monitor import EnsembleKernelMonitor
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
 from lightning_mem.ensemble.train import MemberCheckpoint, MemberStatus
-from lightning_mem.training.checkpoints import CheckpointPublisher
+from lightning_mem.training.checkpoint_io import CheckpointPublisher
 from lightning_mem.training.grokking import GrokkingMonitor
 from lightning_mem.training.guard import DivergenceGuard, RunStatus
 from lightning_mem.training.progress import ProgressBar, ProgressLog

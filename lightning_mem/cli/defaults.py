@@ -16,6 +16,8 @@ The switches are ``run.*`` keys (the CLI's own group, not a class's), so a confi
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Any
 
 from jsonargparse import Namespace
@@ -27,7 +29,8 @@ from lightning_mem.alignment.monitor import AlignmentMonitor
 from lightning_mem.training.guard import DivergenceGuard
 from lightning_mem.training.progress import ProgressBar, ProgressLog
 
-ALIGNMENT_EVERY_N_STEPS = 10  # the default monitor's interval: ≤ 1.05× the training time (DESIGN.md)
+# The default monitor's interval is AlignmentMonitor's own default (≤ 1.05× the training time, DESIGN.md).
+ALIGNMENT_EVERY_N_STEPS: int = inspect.signature(AlignmentMonitor).parameters["every_n_steps"].default
 PROGRESS_EVERY_S = 30.0  # a line every 30 s: a 2000-epoch paper run logs ~100 lines per GPU hour
 
 

@@ -213,7 +213,7 @@ class PackSettings:
     loss: dict[str, Any]
     data: dict[str, Any]
     trainer: dict[str, Any]
-    monitor: Any  # the configured AlignmentMonitor, or None
+    monitor: Any  # the configured AlignmentMonitor, the default one, or None (turned off)
     checkpoints: bool
     tf32: bool
     kernel_monitor: Any = None  # the configured KernelMonitor, or None
@@ -242,6 +242,17 @@ def _check_distinct(members: Sequence[Member]) -> None:
             raise PackError(f"members {seen[values]} and {m.run_id} are the same run ({shown}): give each "
                             "value once (every member of an ensemble must differ from the others)")
         seen[values] = m.run_id
+
+
+def default_monitor(run: dict[str, Any]) -> AlignmentMonitor | None:
+    """The alignment monitor a member's single run gets when its config names none, as ``lightning-mem
+    fit`` adds it: on unless ``run.alignment_monitor`` is false, every ``run.alignment_every_n_steps`` steps
+    (else :class:`AlignmentMonitor`'s own default). The ensemble's per-member divergence guard needs no
+    such default: it is part of :class:`~lightning_mem.ensemble.module.EnsembleModule`, always on."""
+    if run.get("alignment_monitor", True) is False:
+        return None
+    every = run.get("alignment_every_n_steps")
+    return AlignmentMonitor(every_n_steps=every) if every else AlignmentMonitor()
 
 
 def pack_settings(members: Sequence[Member]) -> PackSettings:
@@ -300,6 +311,8 @@ def pack_settings(members: Sequence[Member]) -> PackSettings:
             kernel_monitor = callback
         if type(callback) is GrokkingMonitor:
             grokking_monitor = callback
+    if monitor is None:
+        monitor = default_monitor(config.get("run") or {})
     loggers = trainer.get("logger")
     for entry in loggers if isinstance(loggers, list) else []:
         if _logger_class(entry) not in LOGGERS:

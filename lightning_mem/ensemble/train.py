@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,12 @@ from lightning_mem.ensemble.data import EnsembleData
 from lightning_mem.ensemble.module import EnsembleModule
 from lightning_mem.ensemble.monitor import EnsembleAlignmentMonitor
 from lightning_mem.ensemble.optim import MemberOptimizerName
+from lightning_mem.ensemble.progress import EnsembleProgressBar, EnsembleProgressLog
 from lightning_mem.ensemble.stacked import MemberSpec, StackedMLP
 from lightning_mem.nets import Activation
 from lightning_mem.nets.paper import InitRule
 from lightning_mem.rundir import write_status
+from lightning_mem.training.checkpoint_io import install_checkpoint_io
 from lightning_mem.training.progress import row_figures
 
 # Dotted config keys of a single run that may differ between the members of one ensemble.
@@ -117,17 +120,21 @@ class MemberStatus(L.Callback):
     ``reason``, ``message``) at the end of the epoch in which the member diverged — the others go on —,
     ``finished`` at the fit's end, ``interrupted`` (SIGTERM, Ctrl-C) or ``failed`` on an exception. Every
     record has ``global_step`` and ``epoch`` (the trainer's then; a diverged record: the epoch of the
-    divergence). The ``running`` record is written again at every epoch end with ``metrics`` (the member's
-    last ``train/loss``, ``train/acc``, ``val/acc`` and main alignment). ``dirpaths[k]`` None: member k is
-    not written (a member that ended before a resume).
+    divergence). ``dirpaths[k]`` None: member k is not written (a member that ended before a resume).
+    While it trains, each alive member's ``running`` record is rewritten after an epoch with the epochs
+    done, the step and ``metrics`` (the member's last ``train/loss``, ``train/acc``, ``val/acc`` and main
+    alignment), at most every ``progress_every`` seconds (K files a time, and a small net's epochs take
+    milliseconds), so ``sweep local`` shows how far a pack is.
     On an exception it also flushes every member's loggers, as Lightning flushes a single run's.
     """
 
-    def __init__(self, dirpaths: Sequence[str | Path | None]) -> None:
+    def __init__(self, dirpaths: Sequence[str | Path | None], progress_every: float = 2.0) -> None:
         super().__init__()
         self.dirpaths = [None if d is None else Path(d) for d in dirpaths]
+        self.progress_every = progress_every
         self._ended: set[int] = set()
         self._first_epoch = 0
+        self._progress_at = -float("inf")
 
     def _write(
         self, trainer: L.Trainer, k: int, status: str, epoch: int | None = None, **fields: Any
@@ -160,7 +167,9 @@ class MemberStatus(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The end of an epoch this process trained: each running member's record with its figures.
-        if trainer.current_epoch > self._first_epoch:
+        now = time.monotonic()
+        if trainer.current_epoch > self._first_epoch and now - self._progress_at >= self.progress_every:
+            self._progress_at = now
             for k, row in enumerate(getattr(pl_module, "last_metrics", [])):
                 self._write(trainer, k, rundir.RUNNING, pid=os.getpid(), host=socket.gethostname(),
                             metrics=row_figures(row))
@@ -219,7 +228,7 @@ def fit_ensemble(
             writing its run folder's ``metrics.csv``). The trainer itself has no logger.
         monitor: Per-member alignment (None: none).
         checkpoint_dir: Where the whole ensemble is checkpointed at every epoch end (``epoch<N>.ckpt``,
-            newest kept, and ``last.ckpt``, as the CLI's single runs); None: no checkpoints.
+            newest kept, and ``last.ckpt`` a hard link to it, as the CLI's single runs); None: none.
         member_checkpoint_dirs: Folder per member for its single-run-format ``last.ckpt``.
         ckpt_path: An ensemble checkpoint to resume from (weights, divergence state, epoch and step).
         trainer_kwargs: ``lightning.Trainer`` arguments (``max_epochs``, ``accelerator``, ...).
@@ -239,8 +248,13 @@ def fit_ensemble(
         cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch}",
                                    auto_insert_metric_name=False, save_last=True, every_n_epochs=1))
     trainer_kwargs = {"enable_progress_bar": False, "enable_model_summary": False, **trainer_kwargs}
+    # The members' summary: in the bar's postfix, or (bar off) a log line every 30 s.
+    bar = trainer_kwargs["enable_progress_bar"] is not False  # None: Lightning's default, on
+    cbs.append(EnsembleProgressBar() if bar else EnsembleProgressLog())
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in cbs)
     trainer = L.Trainer(logger=False, callbacks=cbs, enable_checkpointing=checkpointing, **trainer_kwargs)
+    if checkpointing:
+        install_checkpoint_io(trainer)  # whole files; last.ckpt a hard link to the epoch's (no second copy)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     results = []
     for k, divergence in enumerate(module.divergence()):

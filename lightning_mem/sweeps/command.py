@@ -32,6 +32,7 @@ import logging
 import math
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from lightning_mem import rundir
@@ -39,6 +40,7 @@ from lightning_mem.checks import path_arg
 from lightning_mem.cli.packaged import resolve_sweep
 from lightning_mem.errors import EXIT_BAD_INPUT
 from lightning_mem.sweeps.launch import cmd_agents, slots_of
+from lightning_mem.sweeps.progress import DEFAULT_EVERY
 from lightning_mem.sweeps.runner import LocalSweep
 from lightning_mem.sweeps.slurm import add_cluster_flags, cmd_agents_slurm, slurm_options
 from lightning_mem.sweeps.slurm import add_parsers as add_slurm_parsers
@@ -67,11 +69,29 @@ def _dry_run_packs(sweep: LocalSweep, slots: list[str | None]) -> int:
     return 0
 
 
+class _CheckReport:
+    """What the check before launch is doing, on the log: its start, a count every few seconds, its end."""
+
+    def __init__(self, every: float = 3.0) -> None:
+        self.every, self.t0, self.shown = every, time.monotonic(), time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == 0:
+            log.info("checking the command lines of %d runs as `lightning-mem fit` parses them (torch and "
+                     "Lightning are imported first)...", total)
+        elif done == total:
+            log.info("checked %d of %d runs in %.1f s", done, total, now - self.t0)
+        elif now - self.shown >= self.every:
+            self.shown = now
+            log.info("checked %d of %d runs...", done, total)
+
+
 def cmd_local(args: argparse.Namespace) -> int:
     sweep = LocalSweep(resolve_sweep(args.sweep), Path(args.root), wandb_mode=args.wandb_mode,
                        kill_timeout=args.kill_timeout, count=args.count, seed=args.seed, pack=args.pack,
-                       pack_size=args.pack_size)
-    check_runs(sweep.spec, sweep.path, sweep.params)  # before --dry-run prints or anything is written
+                       pack_size=args.pack_size, progress_every=args.progress_every)
+    check_runs(sweep.spec, sweep.path, sweep.params, report=_CheckReport())  # before anything is written
     gpus = slots_of(args)
     n = args.max_parallel or len(gpus) or 1
     slots: list[str | None] = [gpus[i % len(gpus)] for i in range(n)] if gpus else [None] * n
@@ -161,6 +181,9 @@ def parser() -> argparse.ArgumentParser:
                      help="WANDB_MODE of the runs (default: offline; `wandb sync` uploads them later)")
     loc.add_argument("--kill-timeout", type=_seconds, default=15.0,
                      help="seconds between SIGTERM and SIGKILL")
+    loc.add_argument("--progress-every", type=_seconds, default=DEFAULT_EVERY, metavar="SECONDS",
+                     help="a summary line (k of N finished, diverged, failed, running, time left) at every "
+                     f"change and at least every SECONDS (default: {DEFAULT_EVERY:g}; 0: at changes only)")
     loc.add_argument("--pack", action="store_true",
                      help="train runs that differ only in σ, seed, lr, loss scale or label seed (a ScaledMLP "
                      "`lightning-mem fit`) as one ensemble per process; each keeps its own run folder and "

@@ -32,6 +32,7 @@ from lightning_mem.rundir import FolderLock, RunDirError
 from lightning_mem.sweeps import orphans
 from lightning_mem.sweeps.launch import Signals, child_env
 from lightning_mem.sweeps.outcomes import error_line, member_status, run_status
+from lightning_mem.sweeps.progress import DEFAULT_EVERY, SweepProgress
 from lightning_mem.sweeps.spec import UNSAFE, args_json, build_command, load_spec, points
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ class LocalSweep:
 
     def __init__(self, path: Path, root: Path, wandb_mode: str = "offline", kill_timeout: float = 15.0,
                  count: int | None = None, seed: int = 0, pack: bool = False,
-                 pack_size: int | None = None) -> None:
+                 pack_size: int | None = None, progress_every: float = DEFAULT_EVERY) -> None:
         self.path, self.wandb_mode, self.kill_timeout, self.seed = path, wandb_mode, kill_timeout, seed
+        self.progress_every = progress_every  # seconds between two summary lines when nothing changes
         self.pack, self.pack_size = pack, pack_size  # --pack, --pack-size (see "packs" below)
         self.spec = load_spec(path)
         self.method = self.spec.get("method", "grid")
@@ -158,8 +160,10 @@ class LocalSweep:
         self.save()
         running: dict[str, tuple[subprocess.Popen[bytes], int, Job]] = {}  # job -> (process, slot, job)
         waiting: dict[str, tuple[orphans.HeldRun, Job]] = {}  # jobs an earlier runner's child still runs
+        progress = SweepProgress(self.name, len(slots), self.progress_every)
         with Signals() as signals:
             while (todo or running or waiting) and signals.received is None:
+                before = (len(todo), len(running), len(waiting))
                 todo = self._wait_for_held(todo, waiting)
                 busy = {slot for _, slot, _ in running.values()}
                 for slot in [i for i in range(len(slots)) if i not in busy][: len(todo)]:
@@ -177,9 +181,15 @@ class LocalSweep:
                         del running[key]
                         todo += self._finish_job(job, proc.returncode)
                         self.save()
+                        if any(self.runs[rid]["status"] in rundir.DONE for rid in job.rids):
+                            progress.ended(float(self.runs[job.rids[0]].get("duration_s") or 0.0))
+                jobs = [job for _, _, job in running.values()] + [job for _, job in waiting.values()]
+                progress.update(self.runs, self.grid, [(j.rids, self._t0.get(j.rids[0], 0.0)) for j in jobs],
+                                len(todo), changed=before != (len(todo), len(running), len(waiting)))
                 signals.wait(poll)
             if signals.received is not None:
                 self._stop(running)
+        progress.final(self.runs, self.grid)
         statuses = [self.runs[rid]["status"] for rid in self.grid]
         if signals.received is not None:
             return 128 + signals.received

@@ -20,6 +20,7 @@ import json
 import platform
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,8 @@ def _cli_argv(command: list[str]) -> list[str] | None:
     return rest if rest and rest[0] in CLI_SUBCOMMANDS else None
 
 
-def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any]]) -> None:
+def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any]],
+               report: Callable[[int, int], None] | None = None) -> None:
     """Before any run starts: every run's command line must parse as the CLI parses it, so a parameter
     the CLI does not know (``model.lrr``) or a value it refuses stops the sweep (ValueError naming the
     sweep file, the run and the parameter) instead of failing in every run.
@@ -172,7 +174,8 @@ def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any
     :func:`lightning_mem.cli.run.check_args` (torch and Lightning imported once, no process started; nothing
     built or written); other programs are not checked. Values that only fail when the classes are built
     or the data read (a dataset folder that does not exist) still fail in their run (exit 2, recorded
-    as ``failed`` with the CLI's message).
+    as ``failed`` with the CLI's message). ``report(k, n)`` is called before the first run (k = 0) and
+    after each (a check takes seconds: torch is imported first, each parse takes a fraction of one).
     """
     template = [str(c) for c in spec["command"]]
     if _cli_argv(template) is None:
@@ -184,9 +187,11 @@ def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any
                          "`${args}`")
     import tempfile
 
+    if report is not None:
+        report(0, len(params))
     with tempfile.TemporaryDirectory(prefix="lightning-mem-sweep-check-") as tmp:
         args_file = Path(tmp) / rundir.ARGS_JSON
-        for rid, values in params.items():
+        for done, (rid, values) in enumerate(params.items(), 1):
             argv = _cli_argv(build_command(spec["command"], values, args_file, spec.get("program")))
             assert argv is not None
             from lightning_mem.cli.run import check_args  # torch and Lightning: imported once, only here
@@ -203,3 +208,5 @@ def check_runs(spec: dict[str, Any], path: Path, params: dict[str, dict[str, Any
                              "`--config quickstart` or `configs/quickstart.yaml`)")
                 raise ValueError(f"{path}: run {rid} ({shown}) would fail before training: {problem}{where}; "
                                  "no run was started")
+            if report is not None:
+                report(done, len(params))

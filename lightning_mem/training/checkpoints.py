@@ -8,33 +8,28 @@ another model is refused with what differs ("checkpoint has width 1024, config a
 any run folder is touched. Checkpoints without that record (written in a notebook) are still checked
 parameter by parameter against the built model.
 
-Writing (:class:`RunCheckpointIO`, :class:`CheckpointPublisher`): every checkpoint file is written beside
-its name, fsynced and renamed over it, so ``last.ckpt`` is whole or absent whatever kills the writer
-(Lightning opens the final name, or moves a temporary file across filesystems, which a kill can tear).
-The epoch-end checkpoint is written by ``ModelCheckpoint`` before Lightning logs the epoch's ``train/*``
-row; its rename waits until that row is on disk, so a published checkpoint never claims an epoch whose
-rows a resume could not find (``metrics.csv`` after a kill and a resume is byte-identical to an
-uninterrupted run's: README, "Reliability").
+Writing them (atomic files, published after their epoch's rows, ``last.ckpt`` a hard link) lives in
+:mod:`lightning_mem.training.checkpoint_io`; its names are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import lightning as L
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_mem import _compat, rundir
+from lightning_mem import _compat
 from lightning_mem.errors import CheckpointError
+
+# Writing lives in checkpoint_io; these names stay importable from here (the CLI and tests use them).
+from lightning_mem.training.checkpoint_io import TMP_SUFFIX as TMP_SUFFIX
+from lightning_mem.training.checkpoint_io import CheckpointPublisher as CheckpointPublisher
+from lightning_mem.training.checkpoint_io import RunCheckpointIO as RunCheckpointIO
+from lightning_mem.training.checkpoint_io import install_checkpoint_io as install_checkpoint_io
 
 # Internal keys of Lightning's hparams record, and values the CLI links from the dataset or the run seed
 # (given again they would clash with the link; they are compared after it is applied).
@@ -203,174 +198,3 @@ def state_differences(ckpt: Mapping[str, Any], model: torch.nn.Module) -> list[s
     if extra:
         out.append(f"the model has no {', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''}")
     return out
-
-
-# ---------------------------------------------------------------------------- writing
-
-
-TMP_SUFFIX = ".tmp"  # .<name>.<random>.tmp beside the checkpoint while it is written
-
-
-class RunCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into a temporary file beside the checkpoint, fsync, then ``os.replace`` onto its name.
-
-    While :attr:`hold` is set (by :class:`CheckpointPublisher`, from a train epoch's end until its rows
-    are on disk), the renames and removals wait in order for :meth:`publish`; :meth:`discard` drops them.
-    Paths with a URL scheme (``s3://``) go to Lightning's own writer.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hold = False
-        # In order: ("replace", target, tmp) or ("remove", target, None).
-        self._pending: list[tuple[str, Path, Path | None]] = []
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        if "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        if storage_options is not None:
-            raise TypeError(f"storage_options is not supported by {type(self).__name__}")
-        target = Path(path)
-        target.parent.mkdir(exist_ok=True)  # checkpoints/ only: a run folder removed under the fit stays gone
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX)
-        tmp = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                self._write(fh, buffer.getbuffer())
-                fh.flush()
-                os.fchmod(fh.fileno(), rundir.file_mode())
-                os.fsync(fh.fileno())
-        except OSError as err:  # a full disk, the file-size limit: name the checkpoint being written
-            tmp.unlink(missing_ok=True)
-            if err.filename is None:
-                raise OSError(err.errno, err.strerror, str(target)) from err
-            raise
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        if self.hold:
-            self._pending.append(("replace", target, tmp))
-        else:
-            os.replace(tmp, target)
-            rundir.fsync_dir(target.parent)
-
-    @staticmethod
-    def _write(fh: IO[bytes], data: Any) -> None:
-        fh.write(data)
-
-    def remove_checkpoint(self, path: Any) -> None:
-        if "://" in str(path):
-            return super().remove_checkpoint(path)
-        if self.hold:
-            self._pending.append(("remove", Path(path), None))
-        else:
-            Path(path).unlink(missing_ok=True)
-
-    @property
-    def pending(self) -> list[Path]:
-        """The checkpoint files written and not yet published."""
-        return [target for op, target, _ in self._pending if op == "replace"]
-
-    def publish(self) -> None:
-        """Rename the held files onto their names (``last.ckpt`` first), then do the held removals."""
-        ops, self._pending, self.hold = self._pending, [], False
-        replaces = sorted((op for op in ops if op[0] == "replace"),
-                          key=lambda op: op[1].name != rundir.LAST_CKPT)
-        for _, target, tmp in replaces:
-            assert tmp is not None
-            os.replace(tmp, target)
-        for _, target, _ in (op for op in ops if op[0] == "remove"):
-            if target not in {t for _, t, _ in replaces}:
-                target.unlink(missing_ok=True)
-        for folder in {target.parent for _, target, _ in ops}:
-            rundir.fsync_dir(folder)
-
-    def discard(self) -> None:
-        """Drop the held files (their epoch's rows never reached the disk) and the held removals."""
-        ops, self._pending, self.hold = self._pending, [], False
-        for _, _, tmp in ops:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-
-
-def install_checkpoint_io(trainer: L.Trainer) -> RunCheckpointIO | None:
-    """Give ``trainer`` a :class:`RunCheckpointIO` unless a checkpoint IO of another kind is configured."""
-    strategy = trainer.strategy
-    current = _compat.configured_checkpoint_io(trainer)
-    if current is not None and type(current) is not TorchCheckpointIO:
-        return current if isinstance(current, RunCheckpointIO) else None
-    run_io = RunCheckpointIO()
-    strategy.checkpoint_io = run_io
-    return run_io
-
-
-class CheckpointPublisher(L.Callback):
-    """Holds the epoch-end checkpoint files of :class:`RunCheckpointIO` until the epoch's rows are on disk.
-
-    Lightning's fit loop runs ``ModelCheckpoint`` in ``on_train_epoch_end`` and logs the epoch's ``train/*``
-    row after it. So the files written there are held (renamed into place later) and published at the
-    next epoch's start or at the training end, after the loggers are saved; on an exception they are
-    published only if their epoch completed (its rows logged), else dropped. Left-over temporary files
-    of a killed writer are removed at setup (the run folder's lock makes them ours).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._epoch: int | None = None
-
-    @staticmethod
-    def _io(trainer: L.Trainer) -> RunCheckpointIO | None:
-        current = _compat.configured_checkpoint_io(trainer)
-        return current if isinstance(current, RunCheckpointIO) else None
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or not trainer.is_global_zero:
-            return
-        for callback in trainer.checkpoint_callbacks:
-            folder = getattr(callback, "dirpath", None) if isinstance(callback, ModelCheckpoint) else None
-            if folder and "://" not in str(folder) and Path(folder).is_dir():
-                for tmp in Path(folder).glob(f".*.ckpt.*{TMP_SUFFIX}"):
-                    tmp.unlink(missing_ok=True)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        run_io = self._io(trainer)
-        if run_io is not None:  # runs before ModelCheckpoint's hook (Lightning calls it last)
-            run_io.hold, self._epoch = True, trainer.current_epoch
-
-    def _publish(self, trainer: L.Trainer) -> None:
-        run_io = self._io(trainer)
-        if run_io is not None and run_io.hold:
-            for logger in trainer.loggers:
-                logger.save()
-            run_io.publish()
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._publish(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._publish(trainer)
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        run_io = self._io(trainer)
-        if run_io is None or not run_io.hold:
-            return
-        completed = trainer.fit_loop.epoch_progress.current.completed  # epochs whose rows were logged
-        if self._epoch is not None and completed > self._epoch:
-            try:
-                self._publish(trainer)
-            except OSError:  # the rows cannot reach the disk (full, removed): the held files are not theirs
-                run_io.discard()
-        else:
-            run_io.discard()
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        run_io = self._io(trainer)
-        if run_io is not None and run_io.hold:
-            with contextlib.suppress(OSError):
-                run_io.discard()

@@ -411,6 +411,8 @@ def test_resume_from_an_epoch_checkpoint_is_exact(tmp_path: Path) -> None:
     ckpts = tmp_path / "ckpt"
     ensemble_run(members, tmp_path, "first", 2, DIVERGE, 32, checkpoint_dir=ckpts, **kw)
     assert sorted(p.name for p in ckpts.iterdir()) == ["epoch1.ckpt", "last.ckpt"]
+    epoch, last = (ckpts / "epoch1.ckpt").stat(), (ckpts / "last.ckpt").stat()
+    assert (last.st_ino, last.st_nlink) == (epoch.st_ino, 2)  # one copy of the bytes: last.ckpt a hard link
     resumed, _, csvs = ensemble_run(members, tmp_path, "resumed", 3, DIVERGE, 32,
                                     ckpt_path=ckpts / "last.ckpt", **kw)
     assert not bool(straight.alive[1])  # the wild member diverged before the checkpoint and stays frozen

@@ -11,7 +11,9 @@ every point with both signals in the slow tier, plus kills from a timer thread a
 chain of kills across resumes.
 
 The run: scikit-learn's 8×8 digits, width 16, batch 64 (23 steps an epoch), 4 epochs: checkpoints 1, 3, 5, 7
-are ``epoch<k>.ckpt``, 2, 4, 6, 8 ``last.ckpt``; publications 1..4 are the epoch ends.
+are ``epoch<k>.ckpt``, 2, 4, 6, 8 ``last.ckpt``; from the second epoch on ``last.ckpt`` is a hard link to its
+epoch's file, so the files whose bytes are written (``ckpt_torn``'s count) are epoch 0's two, then one per
+epoch; publications 1..4 are the epoch ends.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ POINTS = [
     "ckpt_torn@1", "ckpt_written@1", "ckpt_torn@2", "ckpt_written@2", "ckpt_published@1",  # epoch 0's files
     f"batch@{STEPS + 1}", f"batch@{STEPS + 12}", f"batch@{2 * STEPS}",
     "val_batch@1", "epoch_end@1", "ckpt_written@4", "ckpt_published@2",
-    "val_end@2", "ckpt_torn@6", "ckpt_published@3",
+    "val_end@2", "ckpt_torn@4", "ckpt_published@3",
     f"batch@{LAST}", "val_end@3", "epoch_end@3", "ckpt_written@8", "ckpt_published@4",  # the last epoch
     "fit_end@0", "status@2",  # every row and file written; status.json says finished (then the kill)
 ]
@@ -112,6 +114,8 @@ def assert_same_as(run_dir: Path, reference: Path) -> None:
     assert want["state_dict"].keys() == got["state_dict"].keys()
     assert all(torch.equal(want["state_dict"][k], got["state_dict"][k]) for k in want["state_dict"])
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch3.ckpt", "last.ckpt"]
+    epoch, last = ((run_dir / "checkpoints" / name).stat() for name in ("epoch3.ckpt", "last.ckpt"))
+    assert (last.st_ino, last.st_nlink) == (epoch.st_ino, 2)  # one copy of the bytes, after any resume too
     assert rundir.effective_status(run_dir) == "finished"
     assert not (run_dir / rundir.METRICS_RESUME).exists()
 

@@ -188,6 +188,54 @@ def test_held_checkpoints_appear_only_when_published(tmp_path: Path) -> None:
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
+def test_last_checkpoint_is_a_hard_link_to_its_epoch_file(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """last.ckpt of the same step and state as the epoch file just written shares its bytes (held or not);
+    another state (ModelCheckpoint's at the first epoch), another step, or no hard links: its own bytes."""
+    from lightning_mem.training.checkpoints import RunCheckpointIO
+
+    def state(step: int, last_path: str = "last.ckpt") -> dict[str, Any]:
+        return {"global_step": step, "epoch": step // 10, "state_dict": {"w": torch.full((64,), float(step))},
+                "callbacks": {"ModelCheckpoint": {"last_model_path": last_path}}}
+
+    def files(folder: Path) -> dict[str, tuple[int, int, int]]:
+        return {p.name: (p.stat().st_ino, p.stat().st_nlink, torch.load(p, weights_only=True)["global_step"])
+                for p in sorted(folder.iterdir())}
+
+    io, folder = RunCheckpointIO(), tmp_path / "checkpoints"
+    io.save_checkpoint(state(10, ""), folder / "epoch0.ckpt")  # the first epoch: last_model_path not yet set
+    io.save_checkpoint(state(10), folder / "last.ckpt")
+    (_, n0, _), (_, n1, _) = files(folder).values()
+    assert (n0, n1) == (1, 1)  # their states differ: two files
+    io.save_checkpoint(state(20), folder / "epoch1.ckpt")
+    io.remove_checkpoint(folder / "epoch0.ckpt")
+    io.save_checkpoint(state(20), folder / "last.ckpt")
+    got = files(folder)
+    assert list(got) == ["epoch1.ckpt", "last.ckpt"] and got["epoch1.ckpt"] == got["last.ckpt"]
+    assert got["last.ckpt"][1:] == (2, 20)
+    io.hold = True  # held: the link is made to the temporary file and published with it
+    io.save_checkpoint(state(30), folder / "epoch2.ckpt")
+    io.remove_checkpoint(folder / "epoch1.ckpt")
+    io.save_checkpoint(state(30), folder / "last.ckpt")
+    assert files(folder)["last.ckpt"][2] == 20  # nothing visible changed yet
+    io.publish()
+    got = files(folder)
+    assert list(got) == ["epoch2.ckpt", "last.ckpt"] and got["epoch2.ckpt"] == got["last.ckpt"]
+    assert got["last.ckpt"][1:] == (2, 30)
+    io.save_checkpoint(state(31), folder / "last.ckpt")  # another step: its own bytes
+    assert files(folder)["last.ckpt"][1:] == (1, 31)
+
+    def no_links(src: Any, dst: Any) -> None:  # a filesystem without hard links (some FUSE and SMB mounts)
+        raise PermissionError(1, "Operation not permitted", str(src))
+
+    monkeypatch.setattr("os.link", no_links)
+    io.save_checkpoint(state(40), folder / "epoch3.ckpt")
+    io.save_checkpoint(state(40), folder / "last.ckpt")
+    got = files(folder)
+    assert got["last.ckpt"][1:] == (1, 40) and got["last.ckpt"][0] != got["epoch3.ckpt"][0]
+    assert not list(folder.glob(".*"))  # no temporary file left
+
+
 def test_a_fit_publishes_each_epoch_after_its_rows(tmp_path: Path) -> None:
     """In a real fit, a checkpoint is never under its name while metrics.csv lacks its epoch's train/* row
     (Lightning logs that row after ModelCheckpoint runs): looked at right after each save (the logger's
@@ -231,5 +279,7 @@ def test_a_fit_publishes_each_epoch_after_its_rows(tmp_path: Path) -> None:
     # Held when written (the row not yet logged), published at the next epoch's start with its row.
     assert seen == [("saved", 0, False, False), ("next epoch", 0, True, True), ("saved", 1, False, False)]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch1.ckpt", "last.ckpt"]
+    epoch, last = ((tmp_path / "checkpoints" / name).stat() for name in ("epoch1.ckpt", "last.ckpt"))
+    assert (last.st_ino, last.st_nlink) == (epoch.st_ino, 2)  # one copy of the bytes
     assert [r["epoch"] for r in rundir.read_metrics_rows(tmp_path / "metrics.csv")[1] if r["train/loss"]] == [
         "0", "1"]
