@@ -17,7 +17,6 @@ The switches are ``run.*`` keys (the CLI's own group, not a class's), so a confi
 from __future__ import annotations
 
 import inspect
-
 from typing import Any
 
 from jsonargparse import Namespace
