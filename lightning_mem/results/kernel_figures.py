@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_mem.results.figures import check_layout, wrap_title
 from lightning_mem.results.grouping import Layout, grouped, label
 from lightning_mem.results.runs import Run
 
@@ -64,13 +65,14 @@ def plot_kernel_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path |
                 ax.plot(x, m, color=color, label=name)
                 ax.fill_between(x, m - sd, m + sd, color=color, alpha=0.2)
             where = label(layout.panel_keys, pvals) if layout.panel_keys and layout.sigma_key else ""
-            ax.set_title(f"{title} ({key})\n{where}".strip(), fontsize=8)
+            ax.set_title(wrap_title(f"{title} ({key})\n{where}".strip(), 60), fontsize=8)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6)
     fig.tight_layout()
     path = out / "kernel_curves.png"
+    check_layout(fig, path)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     log.info("wrote %s", path)

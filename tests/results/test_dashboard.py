@@ -75,8 +75,16 @@ def test_payload_curves_numbers_and_statuses(sweep: Path) -> None:
     assert all(v is None for v in div["numbers"].values())  # a diverged run has no final numbers
     assert by_name["fail"]["x"] == [1] and by_name["live"]["x"] == [1]
     assert by_name["fail"]["y"]["train_loss"] == [2.0] and "noisy" not in by_name["fail"]["y"]  # loss panel
-    assert by_name["fail"]["p"]["train/loss"] == [[1], [2.0]]  # every logged key is in the metric picker
+    # Every logged key is in the metric picker; one that is a curve is read from the curve (embedded once).
+    assert "train/loss" in data["picks"] and data["curve_of"]["train/loss"] == "train_loss"
+    assert "train/loss" not in by_name["fail"]["p"]
+    assert by_name["s0.01-1"]["p"]["norm/grad_over_weight/hidden.weight"] == [[1, 2], [0.01, 0.01]]
     assert data["picks"][:3] == ["align/grad/hidden.weight", "align/grad/logits", "align/rep/act"]
+    # The page names no status, σ key or metric key itself: they come from the payload.
+    assert data["statuses"] == ["finished", "diverged", "running", "interrupted", "killed", "failed"]
+    assert (data["sigma_key"], data["seed_key"]) == ("hp.init_std", "hp.seed")
+    assert data["default_pick"] == "train/loss" and data["diverged"] == "diverged"
+    assert by_name["s0.01-1"]["s"] == [4, 8]  # the global step at the end of epochs 1 and 2 (4 steps each)
 
 
 def test_long_runs_are_decimated_on_one_shared_grid(tmp_path: Path) -> None:

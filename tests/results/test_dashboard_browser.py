@@ -105,7 +105,9 @@ def test_every_panel_is_drawn_in_headless_chromium(page: Path, tmp_path: Path) -
         tab.click("#groupby input[data-key='hp.seed']")
         tab.wait_for_function("window.dashboard.renders >= 2")
         regrouped = traces(tab)
-        assert [len(regrouped[p]) for p in PANELS] == [8, 4, 4, 4, 4, 4, 4, 2], regrouped
+        # σ is the colour: the seeds get a marker symbol each, named by two legend-only traces.
+        assert [len(regrouped[p]) for p in PANELS] == [10, 4, 6, 6, 6, 6, 6, 2], regrouped
+        assert regrouped["curves"][-2:] == ["seed=0", "seed=1"]
         assert "σ=10, seed=1" in regrouped["curves"]
         # Sorting the table by best held-out accuracy puts a σ=0.01 run first.
         tab.click("#runs th[data-col='n:val_acc_best']")
