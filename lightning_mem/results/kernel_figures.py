@@ -26,6 +26,8 @@ DPI, PANEL_W, PANEL_H = 100, 4.8, 3.6
 def _mean_by_epoch(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Epochs every run logged ``key`` at (its last value per epoch), mean and std over the runs."""
     per_run = [dict(zip(r.epochs(key).tolist(), r.values(key).tolist(), strict=True)) for r in runs]
+    if not per_run:  # a group none of whose runs logged the key (e.g. the ReLU runs of a study without it)
+        return np.empty(0), np.empty(0), np.empty(0)
     common = sorted(set.intersection(*(set(d) for d in per_run))) if per_run else []
     ys = np.array([[d[e] for e in common] for d in per_run], dtype=np.float64).reshape(len(per_run), -1)
     return np.array(common), ys.mean(0), ys.std(0)

@@ -91,6 +91,8 @@ def test_every_panel_is_drawn_in_headless_chromium(page: Path, tmp_path: Path) -
         tab.on("request", lambda r: requests.append(r.url))
         tab.goto(page.as_uri())
         tab.wait_for_function("window.dashboard && window.dashboard.ready", timeout=60_000)
+        assert traces(tab)["norm-sigma"] == []  # below the window: drawn when it scrolls into view
+        tab.evaluate("window.dashboard.drawAll()")
         drawn = traces(tab)
         # 2 groups (σ) of 2 seeds: a ±std band and a mean line for train and for held-out accuracy.
         assert [len(drawn[p]) for p in PANELS] == [8, 2, 4, 4, 4, 4, 2, 1], drawn
@@ -104,6 +106,7 @@ def test_every_panel_is_drawn_in_headless_chromium(page: Path, tmp_path: Path) -
         # A control: grouping by the seed too gives one group per run (no std band), in every panel.
         tab.click("#groupby input[data-key='hp.seed']")
         tab.wait_for_function("window.dashboard.renders >= 2")
+        tab.evaluate("window.dashboard.drawAll()")
         regrouped = traces(tab)
         # σ is the colour: the seeds get a marker symbol each, named by two legend-only traces.
         assert [len(regrouped[p]) for p in PANELS] == [10, 4, 6, 6, 6, 6, 6, 2], regrouped
