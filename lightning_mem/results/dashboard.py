@@ -13,9 +13,9 @@ axis scales are applied in the browser (``dashboard.html``), over this data:
   ``val/align/rep/<layer>``. A metric logged several times in an epoch (training-batch alignment,
   every few steps) is the mean of that epoch's values. x = epoch + 1 (epochs completed), as in
   ``report``.
-- curves are decimated on one grid shared by all runs (every k-th epoch, k = ⌈longest run / 1500⌉,
-  plus each run's last epoch), so a trace never has much more than 1,500 points and the seeds of a
-  group still share their x values.
+- curves are decimated on one grid shared by all runs (every k-th epoch, k = ⌈longest run / 500⌉,
+  plus each run's last epoch), so a trace never has much more than 500 points and the seeds of a
+  group still share their x values; the step axis is x times the run's steps per epoch.
 
 ``lightning-mem dashboard wandb ...`` builds the same panels as a W&B workspace
 (:mod:`lightning_mem.results.workspace`).
@@ -53,7 +53,7 @@ from lightning_mem.rundir import RunDirError
 
 log = logging.getLogger(__name__)
 
-MAX_POINTS = 1500  # per trace, as W&B's line plots
+MAX_POINTS = 500  # per trace: 500 runs x 2,000 epochs stay under 25 MB (docs/performance.md)
 FILTER_KEYS = ("hp.dataset", "hp.activation", "hp.loss")
 SIGMA_KEY, SEED_KEY = "hp.init_std", "hp.seed"
 FACET_KEYS = ("hp.activation", "hp.loss", "hp.dataset", "hp.net")  # small multiples by one of these
@@ -103,9 +103,15 @@ def picker_keys(runs: Sequence[Run]) -> list[str]:
                    if k not in ("epoch", "step") and not k.startswith(metric_keys.STIFFNESS_MATRIX)})
 
 
+def steps_per_epoch(run: Run) -> float | None:
+    """Global steps per epoch (the last step logged in an epoch, of the accuracies and losses, over the
+    epochs completed), for the page's step axis; None when no row has both."""
+    ends = epoch_steps(run)
+    return max(ends.values()) / max(ends) if ends else None
+
+
 def epoch_steps(run: Run) -> dict[int, int]:
-    """{epoch + 1: the last global step logged in that epoch} (of the accuracies and losses), for the
-    page's step axis."""
+    """{epoch + 1: the last global step logged in that epoch + 1} of the accuracies and losses."""
     out: dict[int, int] = {}
     for key in (*CURVES.values(), metric_keys.TRAIN_LOSS, metric_keys.VAL_LOSS):
         if key in run.metrics:
@@ -153,7 +159,6 @@ def run_entry(run: Run, keys: Keys, shown: Sequence[str], stride: int, tail: int
             picked[key] = [px, [_num(c[x]) for x in px]]
     every = sorted({x for c in curves.values() for x in c})
     xs = [x for x in every if x % stride == 0 or x == every[-1]]
-    steps = epoch_steps(run)
     name = run.hp.get("run_name")
     record = run.record
     return {
@@ -165,7 +170,7 @@ def run_entry(run: Run, keys: Keys, shown: Sequence[str], stride: int, tail: int
         "values": {k: _jsonable(run.get(k)) for k in shown},
         "numbers": {k: _num(v) for k, v in run_numbers(run, keys, tail).items()},
         "x": xs,
-        "s": [steps.get(x) for x in xs],  # the global step at the end of each epoch of x (step axis)
+        "spe": steps_per_epoch(run),  # the step axis: x * spe
         "y": {name: [_num(c.get(x, math.nan)) for x in xs] for name, c in curves.items()
               if c or name not in (*EXTRA_CURVES, "wdist")},  # the extra curves only where logged
         "p": picked,  # metric picker: key -> [x, y]

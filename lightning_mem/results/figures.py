@@ -180,8 +180,28 @@ def _lines(runs: Sequence[Run], layout: Layout) -> dict[tuple[Any, ...], list[Ru
     return grouped(runs, layout.group)
 
 
-def plot_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
-    """Train (dashed) and held-out (solid) accuracy per epoch, a line per σ (Fig. 1a/2a)."""
+CURVES = ((metric_keys.VAL_ACC, "-", "held-out"), (metric_keys.TRAIN_ACC, "--", "train"))
+NOISY_CURVES = ((metric_keys.VAL_ACC, "-", "held-out"), (metric_keys.TRAIN_ACC_NOISY, ":", "noisy"),
+                (metric_keys.TRAIN_ACC_CLEAN, "-.", "clean"))
+
+
+def plot_noisy_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
+    """``noisy_curves.png``: the memorization of noisy labels — train accuracy on the corrupted labels
+    (dotted) and on the kept ones (dash-dot) beside held-out accuracy (solid), a line per σ, for the runs
+    that logged ``train/acc_noisy``; None without label noise."""
+    noisy = [r for r in runs if r.metrics.get(metric_keys.TRAIN_ACC_NOISY)]
+    if not noisy:
+        log.info("skipping noisy_curves.png: no train/acc_noisy (no label noise)")
+        return None
+    return plot_curves(noisy, layout, out, NOISY_CURVES, "noisy_curves.png",
+                       "train on noisy (dotted) / clean (dash-dot) labels, held-out (solid)")
+
+
+def plot_curves(runs: Sequence[Run], layout: Layout, out: Path,
+                series: Sequence[tuple[str, str, str]] = CURVES, name: str = "curves.png",
+                what: str = "train (dashed) vs held-out (solid)") -> Path | None:
+    """Train (dashed) and held-out (solid) accuracy per epoch, a line per σ (Fig. 1a/2a); ``series``:
+    other (metric key, line style, label) triples."""
     if not any(r.metrics.get(metric_keys.TRAIN_ACC) and r.metrics.get(metric_keys.VAL_ACC) for r in runs):
         log.info("skipping curves.png: no train/acc and val/acc")
         return None
@@ -191,15 +211,14 @@ def plot_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
         lines = _lines(members, layout)
         for i, group in enumerate(lines.values()):
             c = _sigma_color(layout, runs, group[0], i, len(lines))
-            name = _line_label(layout, group[0])
-            for key, style, what in ((metric_keys.VAL_ACC, "-", "held-out"),
-                                     (metric_keys.TRAIN_ACC, "--", "train")):
+            line = _line_label(layout, group[0])
+            for key, style, kind in series:
                 x, m, s = _mean_curve(group, key, "epoch")
                 if x.size:
-                    ax.plot(x + 1, m, style, color=c, label=f"{name} {what}")
+                    ax.plot(x + 1, m, style, color=c, label=f"{line} {kind}")
                     ax.fill_between(x + 1, m - s, m + s, color=c, alpha=0.15, linewidth=0)
         title = label(layout.panel_keys, pvals) if layout.panel_keys and layout.sigma_key else ""
-        ax.set_title(wrap_title(f"train (dashed) vs held-out (solid)\n{title}".strip()), fontsize=9)
+        ax.set_title(wrap_title(f"{what}\n{title}".strip()), fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("accuracy")
@@ -207,7 +226,7 @@ def plot_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
         ax.grid(alpha=0.3)
         long_labels = max(map(len, ax.get_legend_handles_labels()[1]), default=0) > 24
         _legend(ax, fontsize=6 if not long_labels else 5, ncol=1 if long_labels else 2)
-    return _save(fig, out / "curves.png")
+    return _save(fig, out / name)
 
 
 def plot_vs_sigma(

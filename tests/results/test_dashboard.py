@@ -84,20 +84,20 @@ def test_payload_curves_numbers_and_statuses(sweep: Path) -> None:
     assert data["statuses"] == ["finished", "diverged", "running", "interrupted", "killed", "failed"]
     assert (data["sigma_key"], data["seed_key"]) == ("hp.init_std", "hp.seed")
     assert data["default_pick"] == "train/loss" and data["diverged"] == "diverged"
-    assert by_name["s0.01-1"]["s"] == [4, 8]  # the global step at the end of epochs 1 and 2 (4 steps each)
+    assert by_name["s0.01-1"]["spe"] == 4  # steps per epoch, for the step axis
 
 
 def test_long_runs_are_decimated_on_one_shared_grid(tmp_path: Path) -> None:
-    epochs = 3100  # stride ⌈3100 / 1500⌉ = 3
+    epochs = 3100  # stride ⌈3100 / 500⌉ = 7
     long_rows = epoch_rows([0.5] * epochs, [0.25] * epochs, steps_per_epoch=1)
     write_run(tmp_path, "long", long_rows, config(0.01))
     write_run(tmp_path, "short", epoch_rows([0.5] * 10, [0.25] * 10, steps_per_epoch=1), config(10.0))
     data = payload(load_runs([tmp_path]), None, "t")
-    assert data["stride"] == 3
+    assert data["stride"] == 7
     long, short = sorted(data["runs"], key=lambda r: -len(r["x"]))
-    assert long["x"][:3] == [3, 6, 9] and long["x"][-2:] == [3099, 3100] and len(long["x"]) == 1034
+    assert long["x"][:3] == [7, 14, 21] and long["x"][-2:] == [3094, 3100] and len(long["x"]) == 443
     assert len(long["x"]) <= MAX_POINTS and all(len(v) == len(long["x"]) for v in long["y"].values())
-    assert short["x"] == [3, 6, 9, 10]  # the same grid, plus its last epoch
+    assert short["x"] == [7, 10]  # the same grid, plus its last epoch
 
 
 def test_html_is_one_self_contained_file(sweep: Path, tmp_path: Path) -> None:

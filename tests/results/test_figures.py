@@ -126,6 +126,11 @@ def test_report_figures_of_the_study_have_no_overlapping_text(study: Path, tmp_p
         written = render(runs, tmp_path / "report")
     pngs = sorted(p.name for p in written if p.suffix == ".png")
     assert pngs == ["acc_vs_alignment.png", "acc_vs_sigma.png", "alignment_curves.png",
-                    "alignment_vs_sigma.png", "curves.png", "grad_norm_vs_sigma.png", "kernel_curves.png"]
+                    "alignment_vs_sigma.png", "curves.png", "grad_norm_vs_sigma.png", "kernel_curves.png",
+                    "noisy_curves.png"]
+    from matplotlib.image import imread
+
+    # One panel (sin, label noise 0.5): the noisy-label runs only.
+    assert imread(tmp_path / "report" / "noisy_curves.png").shape[:2] == (360, 480)
     assert "layout problems" not in caplog.text, [r.message for r in caplog.records if "layout" in r.message]
     assert "grouped by ['hp.init_std', 'hp.activation', 'hp.lr', 'hp.label_noise']" in caplog.text
