@@ -23,6 +23,7 @@ def screenshot(html: Path, png: Path, width: int = 1400) -> float:
         page.goto(html.resolve().as_uri())
         page.wait_for_function("window.dashboard && window.dashboard.ready", timeout=300_000)
         render_ms = float(page.evaluate("window.dashboard.renderMs"))
+        page.evaluate("window.dashboard.drawAll()")  # the panels below the window: drawn when scrolled to
         page.screenshot(path=str(png), full_page=True)
         browser.close()
     return render_ms

@@ -20,6 +20,10 @@ ALIGN_GRAD, ALIGN_REP, VAL_ALIGN_REP = "align/grad/", "align/rep/", "val/align/r
 GRAD_LOGITS = "align/grad/logits"
 GRAD_OVER_WEIGHT = "norm/grad_over_weight/"  # + parameter
 REP_PREFIX = "rep:"  # Gram names of representations (``rep:<layer>``); any other name is a gradient
+# The KernelMonitor's keys (lightning_mem.alignment.kernel_monitor) that reports and dashboards draw.
+KERNEL_TARGET_ALIGNMENT, KERNEL_DISTANCE = "kernel/target_alignment", "kernel/distance_from_init"
+WEIGHT_DISTANCE = "weights/distance_from_init/"  # + parameter: ‖W_t − W₀‖_F / ‖W₀‖_F
+STIFFNESS_MATRIX = "stiffness/class_matrix/"  # + ``<c>_<c′>``: one entry of the class stiffness matrix
 
 
 def metric_key(measure: str, name: str, cls: int | None = None, prefix: str = "") -> str:

@@ -13,9 +13,9 @@ axis scales are applied in the browser (``dashboard.html``), over this data:
   ``val/align/rep/<layer>``. A metric logged several times in an epoch (training-batch alignment,
   every few steps) is the mean of that epoch's values. x = epoch + 1 (epochs completed), as in
   ``report``.
-- curves are decimated on one grid shared by all runs (every k-th epoch, k = ⌈longest run / 1500⌉,
-  plus each run's last epoch), so a trace never has much more than 1,500 points and the seeds of a
-  group still share their x values.
+- curves are decimated on one grid shared by all runs (every k-th epoch, k = ⌈longest run / 500⌉,
+  plus each run's last epoch), so a trace never has much more than 500 points and the seeds of a
+  group still share their x values; the step axis is x times the run's steps per epoch.
 
 ``lightning-mem dashboard wandb ...`` builds the same panels as a W&B workspace
 (:mod:`lightning_mem.results.workspace`).
@@ -38,21 +38,37 @@ import numpy as np
 
 from lightning_mem import metric_keys, rundir
 from lightning_mem.checks import path_arg
-from lightning_mem.results.grouping import COLUMNS, Keys, Layout, factor_keys, run_numbers, short
+from lightning_mem.results.grouping import (
+    COLUMNS,
+    W1_NAMES,
+    Keys,
+    Layout,
+    factor_keys,
+    pick_key,
+    run_numbers,
+    short,
+)
 from lightning_mem.results.runs import Run, load_runs
 from lightning_mem.rundir import RunDirError
 
 log = logging.getLogger(__name__)
 
-MAX_POINTS = 1500  # per trace, as W&B's line plots
+MAX_POINTS = 500  # per trace: 500 runs x 2,000 epochs stay under 25 MB (docs/performance.md)
 FILTER_KEYS = ("hp.dataset", "hp.activation", "hp.loss")
-SIGMA_KEY = "hp.init_std"
+SIGMA_KEY, SEED_KEY = "hp.init_std", "hp.seed"
 FACET_KEYS = ("hp.activation", "hp.loss", "hp.dataset", "hp.net")  # small multiples by one of these
 CURVES = {"train": metric_keys.TRAIN_ACC, "val": metric_keys.VAL_ACC}  # name in the page -> metric key
-# Drawn when logged: the memorization of noisy labels (label noise) and the losses.
+# Drawn when logged: the memorization of noisy labels (label noise), the losses, the KernelMonitor's
+# kernel-target alignment and kernel distance from init (and "wdist": W1's distance from init).
 EXTRA_CURVES = {"clean": metric_keys.TRAIN_ACC_CLEAN, "noisy": metric_keys.TRAIN_ACC_NOISY,
-                "train_loss": metric_keys.TRAIN_LOSS, "val_loss": metric_keys.VAL_LOSS}
+                "train_loss": metric_keys.TRAIN_LOSS, "val_loss": metric_keys.VAL_LOSS,
+                "kta": metric_keys.KERNEL_TARGET_ALIGNMENT, "kdist": metric_keys.KERNEL_DISTANCE}
+LEGEND_NAMES = {"label_noise": "noise", "train_subset": "subset", "batch_size": "batch"}  # short, in legends
 PICK_POINTS = 300  # per trace of a key chosen in the metric picker (every logged key is embedded)
+# The status checkboxes, in this order; runs of the last two have no outcome (no final numbers).
+STATUS_ORDER = (rundir.FINISHED, rundir.DIVERGED, rundir.RUNNING, rundir.INTERRUPTED, rundir.KILLED,
+                rundir.FAILED)
+NO_OUTCOME = (rundir.DIVERGED, rundir.FAILED)
 PLOTLY_MARK, DATA_MARK = "/*PLOTLY_JS*/", "/*DATA_JSON*/"
 
 
@@ -81,20 +97,61 @@ def _jsonable(v: Any) -> Any:
 
 
 def picker_keys(runs: Sequence[Run]) -> list[str]:
-    """Every logged metric key (all runs), for the page's metric picker; ``epoch`` excluded."""
-    return sorted({k for r in runs for k in r.metrics if k not in ("epoch", "step")})
+    """Every logged metric key (all runs), for the page's metric picker; ``epoch`` and the entries of the
+    stiffness matrix (drawn as a heat map) excluded."""
+    return sorted({k for r in runs for k in r.metrics
+                   if k not in ("epoch", "step") and not k.startswith(metric_keys.STIFFNESS_MATRIX)})
+
+
+def steps_per_epoch(run: Run) -> float | None:
+    """Global steps per epoch (the last step logged in an epoch, of the accuracies and losses, over the
+    epochs completed), for the page's step axis; None when no row has both."""
+    ends = epoch_steps(run)
+    return max(ends.values()) / max(ends) if ends else None
+
+
+def epoch_steps(run: Run) -> dict[int, int]:
+    """{epoch + 1: the last global step logged in that epoch + 1} of the accuracies and losses."""
+    out: dict[int, int] = {}
+    for key in (*CURVES.values(), metric_keys.TRAIN_LOSS, metric_keys.VAL_LOSS):
+        if key in run.metrics:
+            epochs, steps = run.epochs(key), run.steps(key)
+            for e, st in zip(epochs.tolist(), steps.tolist(), strict=True):
+                if math.isfinite(e) and math.isfinite(st):
+                    out[int(e) + 1] = max(out.get(int(e) + 1, 0), int(st) + 1)
+    return out
+
+
+def stiffness_matrix(run: Run) -> dict[str, Any] | None:
+    """The class stiffness matrix of the last epoch that logged it (``stiffness/class_matrix/<c>_<c′>``
+    of the KernelMonitor): ``{"epoch": epoch + 1, "classes": C, "z": C × C rows}``; None without."""
+    cells: dict[tuple[int, int], str] = {}
+    for key in run.metrics:
+        a, _, b = key.removeprefix(metric_keys.STIFFNESS_MATRIX).partition("_")
+        if key.startswith(metric_keys.STIFFNESS_MATRIX) and a.isdigit() and b.isdigit():
+            cells[int(a), int(b)] = key
+    if not cells:
+        return None
+    curves = {cell: epoch_curve(run, key) for cell, key in cells.items()}
+    epoch = max((x for c in curves.values() for x in c), default=None)
+    if epoch is None:
+        return None
+    n = 1 + max(max(cell) for cell in cells)
+    return {"epoch": epoch, "classes": n,
+            "z": [[_num(curves.get((a, b), {}).get(epoch, math.nan)) for b in range(n)] for a in range(n)]}
 
 
 def run_entry(run: Run, keys: Keys, shown: Sequence[str], stride: int, tail: int,
-              picks: Sequence[str] = (), pick_stride: int = 1) -> dict[str, Any]:
-    """One run as the page's JSON: name, status, key values, final numbers and decimated curves
-    (``p:<key>`` for every key of the metric picker, on a coarser grid)."""
+              picks: Sequence[str] = (), pick_stride: int = 1, wdist: str | None = None) -> dict[str, Any]:
+    """One run as the page's JSON: name, status, key values, final numbers, decimated curves and the step
+    at each of their x; ``p``: every key of the metric picker that is not one of the curves, on a coarser
+    grid; ``stiff``: the last class stiffness matrix (:func:`stiffness_matrix`)."""
     own = keys.resolve(run)
-    metric = {**CURVES, **EXTRA_CURVES, "grad": own.grad, "logits": metric_keys.GRAD_LOGITS, "rep": own.rep,
-              "val_rep": own.val_rep}
+    metric = {**CURVES, **EXTRA_CURVES, "wdist": wdist, "grad": own.grad, "logits": metric_keys.GRAD_LOGITS,
+              "rep": own.rep, "val_rep": own.val_rep}
     curves = {name: epoch_curve(run, key) for name, key in metric.items()}
     picked = {}
-    for key in picks:
+    for key in (k for k in picks if k not in metric.values()):  # a curve already embedded is not repeated
         c = epoch_curve(run, key)
         last = max(c, default=0)
         px = [x for x in c if x % pick_stride == 0 or x == last]
@@ -113,9 +170,11 @@ def run_entry(run: Run, keys: Keys, shown: Sequence[str], stride: int, tail: int
         "values": {k: _jsonable(run.get(k)) for k in shown},
         "numbers": {k: _num(v) for k, v in run_numbers(run, keys, tail).items()},
         "x": xs,
+        "spe": steps_per_epoch(run),  # the step axis: x * spe
         "y": {name: [_num(c.get(x, math.nan)) for x in xs] for name, c in curves.items()
-              if c or name not in EXTRA_CURVES},  # the extra curves only where logged
+              if c or name not in (*EXTRA_CURVES, "wdist")},  # the extra curves only where logged
         "p": picked,  # metric picker: key -> [x, y]
+        "stiff": stiffness_matrix(run),
     }
 
 
@@ -124,31 +183,43 @@ def payload(runs: Sequence[Run], group_by: Sequence[str] | None, title: str, tai
     keys = Keys.of(runs)
     layout = Layout.of(runs, group_by)
     # The factors (the one grouping rule), the seed and what --group-by asked for; a filter on each.
-    groupable = list(dict.fromkeys([*factor_keys(runs), "hp.seed", *layout.group_keys]))
+    groupable = list(dict.fromkeys([*factor_keys(runs), SEED_KEY, *layout.group_keys]))
     shown = list(dict.fromkeys([*groupable, *FILTER_KEYS, SIGMA_KEY]))
     picks = picker_keys(runs)
     longest = max((int(np.nanmax(r.epochs(k))) + 1 for r in runs for k in CURVES.values()
                    if r.epochs(k).size and np.isfinite(r.epochs(k)).any()), default=1)
     stride = max(1, math.ceil(longest / MAX_POINTS))
     has_logits = any(metric_keys.GRAD_LOGITS in r.metrics for r in runs)
+    wdist = pick_key({k for r in runs for k in r.metrics}, metric_keys.WEIGHT_DISTANCE, W1_NAMES)
+    extra = {**EXTRA_CURVES, "wdist": wdist}
     return {
         "title": title,
         "created": time.strftime("%Y-%m-%d %H:%M"),
         "metrics": {"train": metric_keys.TRAIN_ACC, "val": metric_keys.VAL_ACC, "grad": keys.grad,
                     "logits": metric_keys.GRAD_LOGITS if has_logits else None, "rep": keys.rep,
                     "val_rep": keys.val_rep, "norm": keys.norm},
-        "keys": [{"key": k, "label": short(k)} for k in shown],
+        "keys": [{"key": k, "label": short(k), "legend": LEGEND_NAMES.get(short(k), short(k))}
+                 for k in shown],
         "groupable": groupable,
         "group_by": layout.group_keys,
         "filters": [k for k in shown if len({json.dumps(r.get(k), default=str) for r in runs}) > 1],
         "facet_candidates": [k for k in FACET_KEYS if k in groupable],
-        "extra": {name: key for name, key in EXTRA_CURVES.items() if any(key in r.metrics for r in runs)},
+        "extra": {name: key for name, key in extra.items() if key and any(key in r.metrics for r in runs)},
         "picks": picks,
+        # The page names none of these itself: the status names (lightning_mem.rundir), the σ and seed
+        # keys, the metric picker's first key (lightning_mem.metric_keys), the curve each picked key is.
+        "statuses": list(STATUS_ORDER),
+        "no_outcome": list(NO_OUTCOME),
+        "diverged": rundir.DIVERGED,
+        "sigma_key": SIGMA_KEY,
+        "seed_key": SEED_KEY,
+        "default_pick": metric_keys.TRAIN_LOSS,
+        "curve_of": {key: name for name, key in {**CURVES, **extra}.items() if key},
         "columns": COLUMNS,
         "stride": stride,
         "tail": tail,
-        "runs": [run_entry(r, keys, shown, stride, tail, picks, max(1, math.ceil(longest / PICK_POINTS)))
-                 for r in runs],
+        "runs": [run_entry(r, keys, shown, stride, tail, picks, max(1, math.ceil(longest / PICK_POINTS)),
+                           wdist) for r in runs],
     }
 
 

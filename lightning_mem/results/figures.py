@@ -4,8 +4,10 @@ its metrics. See :mod:`lightning_mem.results.report` for what each figure shows.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,63 @@ def _figure(n_panels: int) -> tuple[Any, list[Any]]:
     return fig, flat[:n_panels]
 
 
+def text_boxes(fig: Any) -> list[tuple[str, Any]]:
+    """(text, window extent in pixels) of every visible, non-empty text of a drawn figure: titles, axis
+    labels, tick labels, legend entries; texts of hidden axes are left out."""
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    undrawn = set()  # the labels of ticks outside the view: matplotlib keeps them but does not draw them
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            slack = 1e-9 * max(abs(lo), abs(hi), 1.0)
+            for tick in (*axis.get_major_ticks(), *axis.get_minor_ticks()):
+                if not lo - slack <= tick.get_loc() <= hi + slack:
+                    undrawn |= {id(tick.label1), id(tick.label2)}
+    out = []
+    for t in fig.findobj(Text):
+        hidden = (t.axes is not None and not t.axes.get_visible()) or id(t) in undrawn
+        if hidden or not t.get_visible() or not t.get_text().strip():
+            continue
+        box = t.get_window_extent(renderer)
+        if box.width > 0 and box.height > 0:
+            out.append((t.get_text(), box))
+    return out
+
+
+def layout_problems(fig: Any) -> list[str]:
+    """What is wrong with a figure's layout, from matplotlib's text extents (the renderer's): two text
+    boxes that overlap (by more than a pixel each way), and a text or legend that leaves the figure."""
+    fig.canvas.draw()
+    boxes, whole = text_boxes(fig), fig.bbox
+    problems = []
+    for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2):
+        overlap_w = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+        overlap_h = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+        if overlap_w > 1 and overlap_h > 1:
+            problems.append(f"text {a!r} overlaps {b!r}")
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_visible() and ax.get_legend())]
+    renderer = fig.canvas.get_renderer()
+    for what, box in [*boxes, *(("legend", lg.get_window_extent(renderer)) for lg in legends)]:
+        if box.x0 < whole.x0 - 1 or box.y0 < whole.y0 - 1 or box.x1 > whole.x1 + 1 or box.y1 > whole.y1 + 1:
+            problems.append(f"{what!r} leaves the figure")
+    return problems
+
+
+def check_layout(fig: Any, path: Path) -> None:
+    """Log a warning naming ``path`` and each :func:`layout_problems` of ``fig`` (none: silent)."""
+    problems = layout_problems(fig)
+    if problems:
+        log.warning("%s: %d layout problems: %s", path, len(problems), "; ".join(problems[:10]))
+
+
+def wrap_title(text: str, width: int = 52) -> str:
+    """A panel title folded to lines of at most ``width`` characters (a facet label never runs into the
+    next panel's title), its own line breaks kept."""
+    return "\n".join(textwrap.fill(line, width, break_on_hyphens=False) for line in text.split("\n"))
+
+
 def _save(fig: Any, path: Path, legend_from: Any = None) -> Path:
     """Save; with ``legend_from`` (an axes) one legend for the figure, below the panels."""
     bottom = 0.0
@@ -59,6 +118,7 @@ def _save(fig: Any, path: Path, legend_from: Any = None) -> Path:
             bottom = min(0.6, (0.17 * rows + 0.1) / height)  # legend height as a fraction of the figure
             fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
+    check_layout(fig, path)
     fig.savefig(path, dpi=DPI)
     _plt().close(fig)
     log.info("wrote %s", path)
@@ -120,8 +180,28 @@ def _lines(runs: Sequence[Run], layout: Layout) -> dict[tuple[Any, ...], list[Ru
     return grouped(runs, layout.group)
 
 
-def plot_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
-    """Train (dashed) and held-out (solid) accuracy per epoch, a line per σ (Fig. 1a/2a)."""
+CURVES = ((metric_keys.VAL_ACC, "-", "held-out"), (metric_keys.TRAIN_ACC, "--", "train"))
+NOISY_CURVES = ((metric_keys.VAL_ACC, "-", "held-out"), (metric_keys.TRAIN_ACC_NOISY, ":", "noisy"),
+                (metric_keys.TRAIN_ACC_CLEAN, "-.", "clean"))
+
+
+def plot_noisy_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
+    """``noisy_curves.png``: the memorization of noisy labels — train accuracy on the corrupted labels
+    (dotted) and on the kept ones (dash-dot) beside held-out accuracy (solid), a line per σ, for the runs
+    that logged ``train/acc_noisy``; None without label noise."""
+    noisy = [r for r in runs if r.metrics.get(metric_keys.TRAIN_ACC_NOISY)]
+    if not noisy:
+        log.info("skipping noisy_curves.png: no train/acc_noisy (no label noise)")
+        return None
+    return plot_curves(noisy, layout, out, NOISY_CURVES, "noisy_curves.png",
+                       "train on noisy (dotted) / clean (dash-dot) labels, held-out (solid)")
+
+
+def plot_curves(runs: Sequence[Run], layout: Layout, out: Path,
+                series: Sequence[tuple[str, str, str]] = CURVES, name: str = "curves.png",
+                what: str = "train (dashed) vs held-out (solid)") -> Path | None:
+    """Train (dashed) and held-out (solid) accuracy per epoch, a line per σ (Fig. 1a/2a); ``series``:
+    other (metric key, line style, label) triples."""
     if not any(r.metrics.get(metric_keys.TRAIN_ACC) and r.metrics.get(metric_keys.VAL_ACC) for r in runs):
         log.info("skipping curves.png: no train/acc and val/acc")
         return None
@@ -131,15 +211,14 @@ def plot_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
         lines = _lines(members, layout)
         for i, group in enumerate(lines.values()):
             c = _sigma_color(layout, runs, group[0], i, len(lines))
-            name = _line_label(layout, group[0])
-            for key, style, what in ((metric_keys.VAL_ACC, "-", "held-out"),
-                                     (metric_keys.TRAIN_ACC, "--", "train")):
+            line = _line_label(layout, group[0])
+            for key, style, kind in series:
                 x, m, s = _mean_curve(group, key, "epoch")
                 if x.size:
-                    ax.plot(x + 1, m, style, color=c, label=f"{name} {what}")
+                    ax.plot(x + 1, m, style, color=c, label=f"{line} {kind}")
                     ax.fill_between(x + 1, m - s, m + s, color=c, alpha=0.15, linewidth=0)
         title = label(layout.panel_keys, pvals) if layout.panel_keys and layout.sigma_key else ""
-        ax.set_title(f"train (dashed) vs held-out (solid)\n{title}".strip(), fontsize=9)
+        ax.set_title(wrap_title(f"{what}\n{title}".strip()), fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("accuracy")
@@ -147,7 +226,7 @@ def plot_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path | None:
         ax.grid(alpha=0.3)
         long_labels = max(map(len, ax.get_legend_handles_labels()[1]), default=0) > 24
         _legend(ax, fontsize=6 if not long_labels else 5, ncol=1 if long_labels else 2)
-    return _save(fig, out / "curves.png")
+    return _save(fig, out / name)
 
 
 def plot_vs_sigma(
@@ -181,7 +260,7 @@ def plot_vs_sigma(
             ax.set_yscale("log")
         ax.set_xlabel("σ (init std of W1)")
         ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(wrap_title(title), fontsize=9)
         ax.grid(alpha=0.3, which="both")
     return _save(fig, path, legend_from=axes[0])
 
@@ -206,7 +285,7 @@ def plot_alignment_curves(runs: Sequence[Run], layout: Layout, keys: Keys, out: 
                     ax.plot(x, m, color=_sigma_color(layout, runs, group[0], i, len(lines)),
                             label=_line_label(layout, group[0]))
             where = label(layout.panel_keys, pvals) if layout.sigma_key else ""
-            ax.set_title(f"{key}\n{where}".strip(), fontsize=8)
+            ax.set_title(wrap_title(f"{key}\n{where}".strip(), 60), fontsize=8)
             ax.set_xlabel("epoch")
             ax.set_ylabel("in-class alignment Ω")
             ax.grid(alpha=0.3)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_mem.results.figures import check_layout, wrap_title
 from lightning_mem.results.grouping import Layout, grouped, label
 from lightning_mem.results.runs import Run
 
@@ -25,6 +26,8 @@ DPI, PANEL_W, PANEL_H = 100, 4.8, 3.6
 def _mean_by_epoch(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Epochs every run logged ``key`` at (its last value per epoch), mean and std over the runs."""
     per_run = [dict(zip(r.epochs(key).tolist(), r.values(key).tolist(), strict=True)) for r in runs]
+    if not per_run:  # a group none of whose runs logged the key (e.g. the ReLU runs of a study without it)
+        return np.empty(0), np.empty(0), np.empty(0)
     common = sorted(set.intersection(*(set(d) for d in per_run))) if per_run else []
     ys = np.array([[d[e] for e in common] for d in per_run], dtype=np.float64).reshape(len(per_run), -1)
     return np.array(common), ys.mean(0), ys.std(0)
@@ -64,13 +67,14 @@ def plot_kernel_curves(runs: Sequence[Run], layout: Layout, out: Path) -> Path |
                 ax.plot(x, m, color=color, label=name)
                 ax.fill_between(x, m - sd, m + sd, color=color, alpha=0.2)
             where = label(layout.panel_keys, pvals) if layout.panel_keys and layout.sigma_key else ""
-            ax.set_title(f"{title} ({key})\n{where}".strip(), fontsize=8)
+            ax.set_title(wrap_title(f"{title} ({key})\n{where}".strip(), 60), fontsize=8)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6)
     fig.tight_layout()
     path = out / "kernel_curves.png"
+    check_layout(fig, path)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     log.info("wrote %s", path)

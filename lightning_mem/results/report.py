@@ -11,6 +11,8 @@ Figures (PNG, matplotlib Agg), each skipped with a logged note when its metrics 
 
 - ``curves.png``: train (dashed) and held-out (solid) accuracy over epochs, one line per σ
   (or per group when σ is not swept), one panel per activation/loss/... (Fig. 1a/2a).
+- ``noisy_curves.png`` (label noise): train accuracy on the corrupted labels (dotted) and on the kept
+  ones (dash-dot) beside held-out accuracy, the same panels, for the runs that logged them.
 - ``acc_vs_sigma.png``: best held-out accuracy and final train accuracy vs σ, one line per panel.
 - ``alignment_vs_sigma.png``: in-class gradient alignment of W1 and representation alignment
   (train batches and held-out) vs σ (Fig. 2c/2d, 4b/4c).
@@ -42,6 +44,7 @@ from lightning_mem.results.figures import (
     plot_acc_vs_alignment,
     plot_alignment_curves,
     plot_curves,
+    plot_noisy_curves,
     plot_vs_sigma,
 )
 from lightning_mem.results.grouping import (
@@ -122,6 +125,7 @@ def render(
     log.info("%d runs; grouped by %s; σ key %s", len(runs), layout.group_keys or "nothing", layout.sigma_key)
     written = [
         plot_curves(runs, layout, out),
+        plot_noisy_curves(runs, layout, out),
         plot_vs_sigma(runs, layout, keys, [("val_acc_best", "best held-out accuracy"),
                                       ("train_acc", "final train accuracy")], "accuracy",
                   out / "acc_vs_sigma.png", tail=tail),

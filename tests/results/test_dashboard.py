@@ -75,21 +75,29 @@ def test_payload_curves_numbers_and_statuses(sweep: Path) -> None:
     assert all(v is None for v in div["numbers"].values())  # a diverged run has no final numbers
     assert by_name["fail"]["x"] == [1] and by_name["live"]["x"] == [1]
     assert by_name["fail"]["y"]["train_loss"] == [2.0] and "noisy" not in by_name["fail"]["y"]  # loss panel
-    assert by_name["fail"]["p"]["train/loss"] == [[1], [2.0]]  # every logged key is in the metric picker
+    # Every logged key is in the metric picker; one that is a curve is read from the curve (embedded once).
+    assert "train/loss" in data["picks"] and data["curve_of"]["train/loss"] == "train_loss"
+    assert "train/loss" not in by_name["fail"]["p"]
+    assert by_name["s0.01-1"]["p"]["norm/grad_over_weight/hidden.weight"] == [[1, 2], [0.01, 0.01]]
     assert data["picks"][:3] == ["align/grad/hidden.weight", "align/grad/logits", "align/rep/act"]
+    # The page names no status, σ key or metric key itself: they come from the payload.
+    assert data["statuses"] == ["finished", "diverged", "running", "interrupted", "killed", "failed"]
+    assert (data["sigma_key"], data["seed_key"]) == ("hp.init_std", "hp.seed")
+    assert data["default_pick"] == "train/loss" and data["diverged"] == "diverged"
+    assert by_name["s0.01-1"]["spe"] == 4  # steps per epoch, for the step axis
 
 
 def test_long_runs_are_decimated_on_one_shared_grid(tmp_path: Path) -> None:
-    epochs = 3100  # stride ⌈3100 / 1500⌉ = 3
+    epochs = 3100  # stride ⌈3100 / 500⌉ = 7
     long_rows = epoch_rows([0.5] * epochs, [0.25] * epochs, steps_per_epoch=1)
     write_run(tmp_path, "long", long_rows, config(0.01))
     write_run(tmp_path, "short", epoch_rows([0.5] * 10, [0.25] * 10, steps_per_epoch=1), config(10.0))
     data = payload(load_runs([tmp_path]), None, "t")
-    assert data["stride"] == 3
+    assert data["stride"] == 7
     long, short = sorted(data["runs"], key=lambda r: -len(r["x"]))
-    assert long["x"][:3] == [3, 6, 9] and long["x"][-2:] == [3099, 3100] and len(long["x"]) == 1034
+    assert long["x"][:3] == [7, 14, 21] and long["x"][-2:] == [3094, 3100] and len(long["x"]) == 443
     assert len(long["x"]) <= MAX_POINTS and all(len(v) == len(long["x"]) for v in long["y"].values())
-    assert short["x"] == [3, 6, 9, 10]  # the same grid, plus its last epoch
+    assert short["x"] == [7, 10]  # the same grid, plus its last epoch
 
 
 def test_html_is_one_self_contained_file(sweep: Path, tmp_path: Path) -> None:

@@ -91,9 +91,12 @@ def test_every_panel_is_drawn_in_headless_chromium(page: Path, tmp_path: Path) -
         tab.on("request", lambda r: requests.append(r.url))
         tab.goto(page.as_uri())
         tab.wait_for_function("window.dashboard && window.dashboard.ready", timeout=60_000)
+        assert traces(tab)["norm-sigma"] == []  # below the window: drawn when it scrolls into view
+        tab.evaluate("window.dashboard.drawAll()")
         drawn = traces(tab)
-        # 2 groups (σ) of 2 seeds: a ±std band and a mean line for train and for held-out accuracy.
-        assert [len(drawn[p]) for p in PANELS] == [8, 2, 4, 4, 4, 4, 2, 1], drawn
+        # 2 groups (σ) of 2 seeds: a mean line for train and for held-out accuracy, and their ±std bands
+        # (one trace per σ: bands drawn alike are merged).
+        assert [len(drawn[p]) for p in PANELS] == [6, 2, 4, 4, 4, 4, 2, 1], drawn
         assert [n for n in drawn["curves"] if n] == [
             "σ=0.01", "σ=0.01 train", "σ=10", "σ=10 train"]  # held-out solid, train dashed
         assert drawn["acc-sigma"] == ["held-out", "train"]
@@ -104,8 +107,11 @@ def test_every_panel_is_drawn_in_headless_chromium(page: Path, tmp_path: Path) -
         # A control: grouping by the seed too gives one group per run (no std band), in every panel.
         tab.click("#groupby input[data-key='hp.seed']")
         tab.wait_for_function("window.dashboard.renders >= 2")
+        tab.evaluate("window.dashboard.drawAll()")
         regrouped = traces(tab)
-        assert [len(regrouped[p]) for p in PANELS] == [8, 4, 4, 4, 4, 4, 4, 2], regrouped
+        # σ is the colour: the seeds get a marker symbol each, named by two legend-only traces.
+        assert [len(regrouped[p]) for p in PANELS] == [10, 4, 6, 6, 6, 6, 6, 2], regrouped
+        assert regrouped["curves"][-2:] == ["seed=0", "seed=1"]
         assert "σ=10, seed=1" in regrouped["curves"]
         # Sorting the table by best held-out accuracy puts a σ=0.01 run first.
         tab.click("#runs th[data-col='n:val_acc_best']")

@@ -97,6 +97,7 @@ def test_hostile_strings_render_as_text_and_run_nothing(real_run: Path, tmp_path
         tab.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
         tab.goto(out.as_uri())
         tab.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0", timeout=20_000)
+        tab.evaluate("window.dashboard.drawAll()")  # the panels below the window too
         state: dict[str, Any] = tab.evaluate("""() => ({
             pwned: window.__pwned === undefined ? null : String(window.__pwned),
             scripts: document.querySelectorAll('script').length,

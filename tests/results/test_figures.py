@@ -91,3 +91,46 @@ def test_vs_sigma_is_skipped_when_sigma_is_not_swept(runs: Path, tmp_path: Path,
                                      tmp_path / "s.png") is None
     assert "skipping s.png: σ (init_std) is not swept" in caplog.text
     assert np.isclose(layout.sigma(loaded[0]) or 0.0, 0.0)  # σ is not a group key here
+
+
+def test_layout_problems_finds_overlapping_text_and_a_legend_outside(tmp_path: Path) -> None:
+    plt = figures._plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6, 3), dpi=100)
+    left.set_title("a title long enough to run over the next panel's title")
+    right.set_title("the next title")
+    left.plot([0, 1], [0, 1], label="line")
+    left.legend(loc="upper left", bbox_to_anchor=(-0.5, 1.0))  # sticks out at the left edge
+    problems = figures.layout_problems(fig)
+    long_title = "a title long enough to run over the next panel's title"
+    assert f"text {long_title!r} overlaps 'the next title'" in problems
+    assert "'legend' leaves the figure" in problems
+    left.set_title(figures.wrap_title(left.get_title(), 20), fontsize=6)
+    right.set_title("")
+    left.get_legend().remove()
+    fig.tight_layout()
+    assert figures.layout_problems(fig) == []
+    plt.close(fig)
+    assert figures.wrap_title("train (dashed)\nactivation=sigmoid, lr=0.1, label_noise=0.5", 30) == (
+        "train (dashed)\nactivation=sigmoid, lr=0.1,\nlabel_noise=0.5")
+
+
+@pytest.mark.slow
+def test_report_figures_of_the_study_have_no_overlapping_text(study: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """`report` on the 102 finished and diverged runs of the mixed study (tests/helpers/study.py): every
+    figure is checked by matplotlib's text extents as it is saved; none may log a layout problem."""
+    from lightning_mem.results.report import render
+
+    runs = load_runs([study])
+    with caplog.at_level(logging.INFO, logger="lightning_mem"):
+        written = render(runs, tmp_path / "report")
+    pngs = sorted(p.name for p in written if p.suffix == ".png")
+    assert pngs == ["acc_vs_alignment.png", "acc_vs_sigma.png", "alignment_curves.png",
+                    "alignment_vs_sigma.png", "curves.png", "grad_norm_vs_sigma.png", "kernel_curves.png",
+                    "noisy_curves.png"]
+    from matplotlib.image import imread
+
+    # One panel (sin, label noise 0.5): the noisy-label runs only.
+    assert imread(tmp_path / "report" / "noisy_curves.png").shape[:2] == (360, 480)
+    assert "layout problems" not in caplog.text, [r.message for r in caplog.records if "layout" in r.message]
+    assert "grouped by ['hp.init_std', 'hp.activation', 'hp.lr', 'hp.label_noise']" in caplog.text
