@@ -13,9 +13,11 @@ EXIT_ERROR = 1  # an unexpected error (a traceback): a bug to report
 EXIT_BAD_INPUT = 2  # bad config, option or file, found before anything was changed; the message names it
 EXIT_DIVERGED = 3  # a non-finite loss or weight stopped the fit; status.json says diverged
 EXIT_SIGTERM = 143  # 128 + SIGTERM, as a shell reports it; status.json says interrupted
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed it early (`| head`)
 EXIT_CODES = {
     EXIT_OK: "done", EXIT_ERROR: "unexpected error", EXIT_BAD_INPUT: "bad input (named; nothing changed)",
     EXIT_DIVERGED: "a run diverged", EXIT_SIGTERM: "stopped by SIGTERM (resume with --ckpt_path last)",
+    EXIT_BROKEN_PIPE: "the reader closed stdout early",
 }
 
 

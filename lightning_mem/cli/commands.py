@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_mem import _compat
-from lightning_mem.errors import EXIT_BAD_INPUT
+from lightning_mem.errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE
 
 # LightningCLI's subcommands (lightning_mem.cli.fit), with their one-line help.
 LIGHTNING = {
@@ -58,7 +58,20 @@ def usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``lightning-mem`` console script and ``python -m lightning_mem``."""
+    """Entry point of the ``lightning-mem`` console script and ``python -m lightning_mem``.
+
+    A reader that closes the pipe early (``lightning-mem sweep status DIR | head``) ends the command
+    quietly with the shell's SIGPIPE status, 141, not a traceback."""
+    try:
+        _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's own flush at exit writes nowhere
+        raise SystemExit(EXIT_BROKEN_PIPE) from None
+
+
+def _main(argv: Sequence[str] | None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     first = args[0] if args else None
     if first in ("-h", "--help"):

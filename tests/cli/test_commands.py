@@ -92,3 +92,14 @@ def test_a_passthrough_program_that_is_missing_exits_2(monkeypatch: pytest.Monke
         commands.main(["no-such-program-xyz", "--version"])
     assert exc.value.code == 2
     assert "'no-such-program-xyz' is not installed in this environment" in capsys.readouterr().err
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly() -> None:
+    # `lightning-mem configs list | head -0`: the pipe is closed before the command writes to it.
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_mem", "configs", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
