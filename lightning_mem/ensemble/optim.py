@@ -17,12 +17,14 @@ guard's zeroing alone would not freeze a diverged member; this mask does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-MemberOptimizerName = Literal["sgd", "adam", "adamw"]
+from lightning_mem.training.module import OptimizerName
+
+MemberOptimizerName = OptimizerName  # the names of a single run's optimizers (one home: training/module.py)
 EPS = 1e-8  # torch.optim.Adam's default eps, which MemorizationModule's single runs use
 
 

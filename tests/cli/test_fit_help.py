@@ -16,7 +16,7 @@ from lightning_mem.cli.defaults import ALIGNMENT_EVERY_N_STEPS
 from lightning_mem.data.datamodule import ImageClassificationData
 from lightning_mem.data.datasets import DATASETS, DatasetName
 from lightning_mem.nets.paper import Activation, ScaledMLP
-from lightning_mem.training.module import LossName, MemorizationModule
+from lightning_mem.training.module import LossName, MemorizationModule, OptimizerName
 
 SCRIPT = ("import sys; from lightning_mem.cli.commands import main; main(['fit', '--help']); "
           "sys.stderr.write(repr(sorted(m for m in ('torch', 'lightning', 'torchvision') "
@@ -55,6 +55,7 @@ def test_fit_help_defaults_and_choices_are_the_classes_own() -> None:
     assert rows["--model.net.activation"][0] == net["activation"].default
     assert rows["--model.net.init_std"][0] == "null" and net["init_std"].default is None
     assert rows["--model.lr"][0] == str(mod["lr"].default)
+    assert rows["--model.optimizer"] == (mod["optimizer"].default, "|".join(typing.get_args(OptimizerName)))
     assert rows["--model.loss"][0] == mod["loss"].default
     assert rows["--model.loss_scale"][0] == str(mod["loss_scale"].default)
     assert rows["--data.dataset"][0] == data["dataset"].default
