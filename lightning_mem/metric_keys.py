@@ -24,6 +24,9 @@ REP_PREFIX = "rep:"  # Gram names of representations (``rep:<layer>``); any othe
 KERNEL_TARGET_ALIGNMENT, KERNEL_DISTANCE = "kernel/target_alignment", "kernel/distance_from_init"
 WEIGHT_DISTANCE = "weights/distance_from_init/"  # + parameter: ‖W_t − W₀‖_F / ‖W₀‖_F
 STIFFNESS_MATRIX = "stiffness/class_matrix/"  # + ``<c>_<c′>``: one entry of the class stiffness matrix
+# The GrokkingMonitor's keys (lightning_mem.training.grokking, lightning_mem.ensemble.grokking).
+WEIGHT_NORM = "weight_norm"  # ‖θ‖₂ of every parameter together
+GROK_FIT_STEP, GROK_VAL_STEP = "grok/fit_step", "grok/val_step"  # when train fits / held-out generalizes
 
 
 def metric_key(measure: str, name: str, cls: int | None = None, prefix: str = "") -> str:

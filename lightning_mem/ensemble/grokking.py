@@ -88,7 +88,8 @@ class EnsembleGrokkingMonitor(L.Callback):
             if alive[k]:
                 self.members[k].norms.append((step, norm))
         # in the member's train row, as the single run's self.log at the epoch end
-        pl_module.add_epoch_metrics(["weight_norm", "grok/fit_step", "grok/val_step"], values)
+        keys = [metric_keys.WEIGHT_NORM, metric_keys.GROK_FIT_STEP, metric_keys.GROK_VAL_STEP]
+        pl_module.add_epoch_metrics(keys, values)
         self._pending = step  # the module logs this epoch's train/acc after the callbacks' hook
 
     def _flush(self, pl_module: L.LightningModule) -> None:

@@ -91,16 +91,16 @@ class GrokkingMonitor(L.Callback):
     def _log_known(self, pl_module: L.LightningModule) -> None:
         fit = self.fit_step()
         if fit is not None:
-            pl_module.log("grok/fit_step", float(fit))
+            pl_module.log(metric_keys.GROK_FIT_STEP, float(fit))
         if self.val_threshold is not None and self.val_step() is not None:
-            pl_module.log("grok/val_step", float(self.val_step()))  # type: ignore[arg-type]
+            pl_module.log(metric_keys.GROK_VAL_STEP, float(self.val_step()))  # type: ignore[arg-type]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
         net = getattr(pl_module, "net", pl_module)
         norm = weight_norm(net)
         self.norms.append((step, norm))
-        pl_module.log("weight_norm", norm)
+        pl_module.log(metric_keys.WEIGHT_NORM, norm)
         self._log_known(pl_module)
         self._pending = step  # the module logs this epoch's train/acc after the callbacks' hook
 
