@@ -43,6 +43,14 @@ SUMMARIES = (
     ("train/*", "last"),
     ("align/*", "last"),
     ("norm/*", "last"),
+    ("kernel/*", "last"),  # KernelMonitor (lightning_mem.alignment.kernel_monitor)
+    ("weights/*", "last"),
+    ("act/*", "last"),
+    ("stiffness/*", "last"),
+    ("diversity/*", "last"),
+    ("confusion/*", "last"),
+    (metric_keys.WEIGHT_NORM, "min,last"),  # GrokkingMonitor
+    ("grok/*", "last"),
     ("test/*", "last"),
     ("epoch", "last"),
 )

@@ -216,3 +216,21 @@ def test_wandb_logger_config_parses(monkeypatch: pytest.MonkeyPatch, tmp_path: P
                            "--run.root", str(tmp_path)], run=False)
     assert [type(lg) for lg in built.trainer.loggers] == [RunCSVLogger, RunWandbLogger]
     assert built.trainer.loggers[0].log_dir == str(built.run_dir)
+
+
+def test_every_logged_kind_of_key_has_a_wandb_summary() -> None:
+    # One key of each kind the callbacks log: W&B gets a summary (and the step axis) for each.
+    from fnmatch import fnmatchcase
+
+    from lightning_mem import metric_keys as mk
+    from lightning_mem.training.loggers import SUMMARIES
+
+    keys = [mk.TRAIN_ACC, mk.TRAIN_ACC_NOISY, mk.VAL_ACC, mk.VAL_LOSS, mk.GRAD_LOGITS,
+            mk.metric_key("alignment", "hidden.weight"), mk.metric_key("alignment", "rep:act", prefix="val/"),
+            mk.metric_key("diversity", "hidden.weight"), mk.metric_key("stiffness", "logits", 3),
+            mk.metric_key("confusion", "logits", 3), mk.GRAD_OVER_WEIGHT + "hidden.weight",
+            mk.KERNEL_TARGET_ALIGNMENT, mk.KERNEL_DISTANCE, "kernel/velocity",
+            mk.WEIGHT_DISTANCE + "hidden.weight", "act/pattern_change", mk.STIFFNESS_MATRIX + "0_1",
+            mk.WEIGHT_NORM, mk.GROK_FIT_STEP, mk.GROK_VAL_STEP]
+    missing = [k for k in keys if not any(fnmatchcase(k, glob) for glob, _ in SUMMARIES)]
+    assert not missing, missing
