@@ -8,10 +8,12 @@ nested block ``hp`` (:data:`rundir.HP_KEYS`): ``Config("hp.init_std")`` is the b
 ``model.net.init_args.init_std`` of a run started by hand would split the groups.
 
 Panels (one section each): accuracy curves (``train/acc``, ``val/acc`` vs ``epoch``, mean ± std
-over each group); alignment vs ``epoch`` (``align/grad/<W1>``, ``align/grad/logits``,
+over each group), with label noise ``train/acc_noisy`` and ``train/acc_clean`` beside ``val/acc``, and
+the losses; alignment vs ``epoch`` (``align/grad/<W1>``, ``align/grad/logits``,
 ``align/rep/<layer>``, ``val/align/rep/<layer>``); final train and best held-out accuracy vs σ,
 held-out accuracy vs alignment and ‖∇W1‖/‖W1‖ vs σ (scatter plots of run summaries, one point per
-run, log σ); the runs table with status, the group keys and the final numbers pinned. Summaries: a
+run, log σ); kernel–target alignment and the kernel's distance from init vs ``epoch`` where the runs
+logged them; the runs table with status, the group keys and the final numbers pinned. Summaries: a
 metric declared with several summaries is a dict in W&B (``val/acc.max``), one declared "last" a plain
 value; against a server the names are read from the runs' summaries, with ``--print`` the declared
 forms are assumed
@@ -68,7 +70,17 @@ def metric_names(keys: Iterable[str] | None) -> dict[str, list[str]]:
                  "val_rep": [f"val/align/rep/{n}" for n in REP_NAMES],
                  "norm": [f"norm/grad_over_weight/{n}" for n in W1_NAMES]}
     logits = [metric_keys.GRAD_LOGITS] if keys is None or metric_keys.GRAD_LOGITS in keys else []
-    return {"acc": [metric_keys.TRAIN_ACC, metric_keys.VAL_ACC], "logits": logits, **names}
+
+    def logged(*wanted: str, assumed: bool) -> list[str]:
+        return [k for k in wanted if (assumed if keys is None else k in keys)]
+
+    # Every fit logs its losses; the noisy-label accuracies (label noise) and the kernel measures
+    # (KernelMonitor) only some runs: without runs to read they are not assumed.
+    noisy = logged(metric_keys.TRAIN_ACC_NOISY, metric_keys.TRAIN_ACC_CLEAN, assumed=False)
+    return {"acc": [metric_keys.TRAIN_ACC, metric_keys.VAL_ACC], "logits": logits, **names,
+            "noisy": [*noisy, metric_keys.VAL_ACC] if noisy else [],
+            "loss": logged(metric_keys.TRAIN_LOSS, metric_keys.VAL_LOSS, assumed=True),
+            "kernel": logged(metric_keys.KERNEL_TARGET_ALIGNMENT, metric_keys.KERNEL_DISTANCE, assumed=False)}
 
 
 def check_group_by(keys: Sequence[str]) -> list[str]:
@@ -101,7 +113,10 @@ def build(entity: str, project: str, name: str, group_by: Sequence[str], sweep: 
                     "val_rep": "representation alignment (held-out)"}
     sections = [
         ws.Section(name="Memorization curves", is_open=True, panels=[
-            curve("train and held-out accuracy (mean ± std over the group)", m["acc"], "accuracy")]),
+            curve("train and held-out accuracy (mean ± std over the group)", m["acc"], "accuracy"),
+            *([curve("memorization of noisy labels: accuracy on corrupted and kept training labels, held-out",
+                     m["noisy"], "accuracy")] if m["noisy"] else []),
+            *([curve("loss", m["loss"], "loss")] if m["loss"] else [])]),
         ws.Section(name="Alignment vs epoch", is_open=True, panels=[
             curve(f"{align_titles[p]}: {', '.join(m[p])}", m[p], "in-class alignment Ω")
             for p in align_titles if m[p]]),
@@ -118,6 +133,9 @@ def build(entity: str, project: str, name: str, group_by: Sequence[str], sweep: 
     if "norm" in align:
         sections[-1].panels.append(wr.ScatterPlot(title=f"{align['norm']} vs σ", x=sigma,
                                                   y=wr.SummaryMetric(align["norm"]), log_x=True, log_y=True))
+    if m["kernel"]:
+        sections.append(ws.Section(name="Kernels and laziness", is_open=True, panels=[
+            curve(f"{k} (KernelMonitor)", [k], "cosine") for k in m["kernel"]]))
     filters = [expr.Metric("Sweep") == sweep] if sweep else [expr.Metric("Group") == group] if group else []
     columns = ["run:state", *[f"config:hp.value.{k}" for k in (*group_by, "seed")],
                *[f"summary:{v}" for v in s.values()]]

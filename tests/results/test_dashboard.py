@@ -156,7 +156,8 @@ def test_wandb_print_groups_on_the_canonical_config_keys(capsys) -> None:
     assert printed["spec"]["section"]["settings"]["xAxis"] == "epoch"
     got = panels(printed)
     assert list(got) == ["Memorization curves", "Alignment vs epoch", "Accuracy and alignment vs σ"]
-    assert [p["metrics"] for p in got["Memorization curves"]] == [["train/acc", "val/acc"]]
+    assert [p["metrics"] for p in got["Memorization curves"]] == [["train/acc", "val/acc"],
+                                                                  ["train/loss", "val/loss"]]
     assert {(p["groupAgg"], p["groupArea"], p["xAxis"]) for p in got["Alignment vs epoch"]} == {
         ("mean", "stddev", "epoch")}
     scatter = got["Accuracy and alignment vs σ"]

@@ -53,3 +53,25 @@ def test_local_runs_without_print_or_without_metrics_exit_2(tmp_path: Path,
         main(["wandb", "--entity", "me", "--project", "mem", "--print", str(tmp_path)])
     assert info.value.code == 2
     assert f"no runs (folders with a metrics.csv) under {tmp_path}" in capsys.readouterr().err
+
+
+def test_print_draws_noisy_label_loss_and_kernel_panels_only_where_runs_logged_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def printed(root: Path, extra: dict[str, float]) -> dict[str, list[dict]]:
+        for seed in (0, 1):
+            rows = [*epoch_rows([0.5], [0.6]), (5, {**extra, "epoch": 0})]
+            write_run(root, f"r{seed}", rows, config(0.01, seed))
+        main(["wandb", "--entity", "me", "--project", "mem", "--print", str(root)])
+        return panels(json.loads(capsys.readouterr().out))
+
+    plain = printed(tmp_path / "plain", {"align/grad/hidden.weight": 0.5})
+    assert [p["metrics"] for p in plain["Memorization curves"]] == [["train/acc", "val/acc"]]
+    assert "Kernels and laziness" not in plain
+    noisy = printed(tmp_path / "noisy", {"train/acc_noisy": 0.2, "train/acc_clean": 0.9, "train/loss": 1.0,
+                                         "val/loss": 2.0, "kernel/target_alignment": 0.4,
+                                         "kernel/distance_from_init": 0.1})
+    assert [p["metrics"] for p in noisy["Memorization curves"]] == [
+        ["train/acc", "val/acc"], ["train/acc_noisy", "train/acc_clean", "val/acc"],
+        ["train/loss", "val/loss"]]
+    assert [p["metrics"] for p in noisy["Kernels and laziness"]] == [
+        ["kernel/target_alignment"], ["kernel/distance_from_init"]]
