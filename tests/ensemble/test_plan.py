@@ -286,15 +286,16 @@ def _wait_dead(pid: int) -> None:
 
 @pytest.mark.slow  # one refused pack and two single fits: ~30 s
 def test_a_pack_the_ensemble_refuses_runs_alone(tmp_path: Path) -> None:
-    """momentum > 0 passes the runner's plan (a config value) but not the ensemble: its runs go on alone."""
+    """The fused step (steps_per_call > 1) passes the runner's plan (a config value) but not the ensemble:
+    its runs go on alone."""
     path = _sweep_file(tmp_path / "mom.yaml", {"model.net.init_std": {"values": [0.01, 10.0]}, **DIGITS,
-                                               "model.momentum": {"value": 0.9},
+                                               "model.steps_per_call": {"value": 2},
                                                "trainer.max_epochs": {"value": 1}})
     runs = _run_sweep(path, tmp_path / "runs", "--pack", "--max-parallel", "1")
     assert [r["status"] for r in runs.values()] == ["finished", "finished"]
     assert all(not r.get("pack") and r["attempts"] == 1 for r in runs.values())
     (log,) = (tmp_path / "runs" / "mom").glob("pack-*/output.log")
-    assert "model.momentum=0.9: the ensemble does not support it (only 0.0)" in log.read_text()
+    assert "model.steps_per_call=2: an ensemble has no fused step" in log.read_text()
 
 
 @pytest.mark.slow  # 4 single fits and one pack: ~30 s

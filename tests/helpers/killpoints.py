@@ -37,7 +37,8 @@ POINTS = {
                " the rows are written back",
     "ckpt_torn": "while the n-th checkpoint file is written: half of its bytes are on disk (in the run's"
                  " temporary file; with another writer, in the checkpoint's own name)",
-    "status": "right after the n-th status.json write (1: running, 2: finished)",
+    "status": "right after the n-th change of status in status.json (1: running, 2: finished); the "
+              "running record's rewrites at each epoch end are no change",
     "fit_end": "at on_fit_end (every row, the last checkpoint and status.json on disk)",
     "thread": "from another thread, n milliseconds after the fit starts (anywhere)",
 }
@@ -153,8 +154,13 @@ class KillAt(L.Callback):
     def _wrap_status(self, n: int) -> None:
         write = guard.write_status
 
-        def write_status(*args: Any, **kwargs: Any) -> None:
-            write(*args, **kwargs)
+        last: list[str] = []
+
+        def write_status(run_dir: Any, status: str, *args: Any, **kwargs: Any) -> None:
+            write(run_dir, status, *args, **kwargs)
+            if last[-1:] == [status]:  # the running record rewritten with the epoch's progress
+                return
+            last.append(status)
             self._count += 1
             if self._count == n:
                 _die()
