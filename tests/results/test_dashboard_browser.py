@@ -170,7 +170,8 @@ def test_workspace_metrics_exist_in_a_real_wandb_run(wandb_run: list[Any]) -> No
     # Built from the run's own keys and summaries, as `dashboard wandb` does against a server.
     ws = spec(build("me", "mem", "n", ["init_std"], keys=history, summaries=[summary]))
     lines, summaries, configs = _workspace_metrics(ws)
-    assert len(lines) == 5 and all(m in history for y in lines for m in y), lines
+    # accuracy, loss and the four alignment curves (no label noise, no KernelMonitor: no such panels)
+    assert len(lines) == 6 and all(m in history for y in lines for m in y), lines
     assert "epoch" in history and summaries <= _flat_summary_keys(summary), summaries
     assert configs == {"hp.value.init_std"}
     # --print (no server) lists every candidate name: each panel has one this run logged.
